@@ -1,0 +1,3 @@
+"""ftcli: finetune open LLMs from one YAML recipe."""
+
+__version__ = "0.1.0"

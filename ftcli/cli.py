@@ -1,0 +1,194 @@
+"""The `ftcli` command: parse, call, print. The only module that prints for the user."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ftcli import __version__
+from ftcli.errors import FtcliError, RecipeError
+
+app = typer.Typer(
+    name="ftcli",
+    help="Finetune open LLMs from one YAML recipe: SFT with LoRA, QLoRA or full weights.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+RecipeArg = Annotated[Path, typer.Argument(help="Path of the YAML recipe, e.g. recipes/quickstart.yaml", show_default=False)]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a recipe value, parsed as YAML: --set train.learning_rate=1e-4 "
+                                     "--set 'export.formats=[]'. Repeatable."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"ftcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """Finetune open LLMs from one YAML recipe."""
+
+
+def fail(err: FtcliError) -> None:
+    """Print an FtcliError the way a user can act on, and exit with its code (never a traceback)."""
+    if isinstance(err, RecipeError):
+        errors.print("invalid recipe", style="bold red")
+        for problem in err.problems:
+            errors.print(f"  - {problem}", markup=False)
+    else:
+        errors.print(f"error: {err.message}", markup=False, style="bold red")
+    if err.hint:
+        errors.print(f"hint: {err.hint}", markup=False, style="yellow")
+    raise typer.Exit(err.exit_code)
+
+
+def _load(recipe_path: Path, overrides: list[str] | None):
+    from ftcli import recipe
+
+    return recipe.load(recipe_path, overrides or [])
+
+
+@app.command()
+def validate(recipe_path: RecipeArg, set_: SetOpt = None) -> None:
+    """Check a recipe and print it resolved: defaults filled, overrides applied, canonical names."""
+    from ftcli.recipe import to_yaml
+
+    try:
+        recipe = _load(recipe_path, set_)
+    except FtcliError as err:
+        fail(err)
+    console.print(f"[green]valid[/] {recipe_path}")
+    console.print(to_yaml(recipe), markup=False)
+
+
+@app.command()
+def train(
+    recipe_path: RecipeArg,
+    set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Load the model and data, print the plan, train nothing.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in output_dir.")] = False,
+) -> None:
+    """Finetune a model as the recipe says and write the run directory."""
+    from ftcli import train as training
+
+    try:
+        recipe = _load(recipe_path, set_)
+        _print_plan(recipe)
+        with _progress() as progress:
+            result = training.run(recipe, overwrite=overwrite, dry_run=dry_run,
+                                  log=lambda msg: console.print(f"[dim]·[/] {msg}", highlight=False),
+                                  callbacks=[progress])
+    except FtcliError as err:
+        fail(err)
+    except KeyboardInterrupt:
+        errors.print("interrupted", style="yellow")
+        raise typer.Exit(130)
+    if dry_run:
+        console.print(f"[green]dry run ok[/]: {result.trainable_params:,} trainable of "
+                      f"{result.total_params:,} parameters; nothing was trained or written")
+        return
+    _print_result(result)
+
+
+def _print_plan(recipe) -> None:
+    t = recipe.train
+    kind = "full finetune" if recipe.lora is None else ("QLoRA" if recipe.model.load_in_4bit else "LoRA") + f" r={recipe.lora.r}"
+    steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.num_train_epochs:g} epochs"
+    console.print(f"[bold]ftcli train[/] {recipe.model.name} · {t.stage} · {kind} · {steps} · "
+                  f"batch {t.per_device_train_batch_size}×{t.gradient_accumulation_steps} · lr {t.learning_rate:g}")
+
+
+def _print_result(result) -> None:
+    losses = [m["loss"] for m in result.metrics if "loss" in m]
+    evals = [m["eval_loss"] for m in result.metrics if "eval_loss" in m]
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_row("run directory", str(result.run_dir))
+    if result.adapter_dir:
+        table.add_row("adapter", str(result.adapter_dir))
+    if result.model_dir:
+        table.add_row("model", str(result.model_dir))
+    if result.merged_dir:
+        table.add_row("merged", str(result.merged_dir))
+    table.add_row("metrics", f"{result.run_dir / 'metrics.jsonl'}, {result.run_dir / 'loss.png'}")
+    if losses:
+        table.add_row("train loss", f"{losses[0]:.4f} → {losses[-1]:.4f}")
+    if evals:
+        table.add_row("eval loss", f"{evals[-1]:.4f}")
+    report = result.data_report
+    if report.get("rows_skipped"):
+        table.add_row("skipped rows", f"{report['rows_skipped']} (e.g. {report['skipped_examples'][0]})")
+    table.add_row("time", f"{result.seconds:.0f} s")
+    console.print("[bold green]done[/]")
+    console.print(table)
+    if result.sample_reply is not None:
+        console.print("[bold]sample[/] (greedy, from the finetuned model)")
+        console.print(f"  user      : {result.sample_prompt}", markup=False)
+        console.print(f"  assistant : {result.sample_reply}", markup=False)
+
+
+class _progress:
+    """A rich progress bar fed by Trainer callbacks (rank 0 only)."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from transformers import TrainerCallback
+
+        bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       TextColumn("{task.fields[info]}"), console=console, transient=False)
+        state = {"task": None}
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, args, s, control, **kw):
+                if s.is_world_process_zero:
+                    bar.start()
+                    state["task"] = bar.add_task("train", total=s.max_steps, info="")
+
+            def on_step_end(self, args, s, control, **kw):
+                if state["task"] is not None:
+                    bar.update(state["task"], completed=s.global_step)
+
+            def on_log(self, args, s, control, logs=None, **kw):
+                if state["task"] is not None and logs and "loss" in logs:
+                    bar.update(state["task"], info=f"loss {logs['loss']:.4f}")
+
+            def on_train_end(self, args, s, control, **kw):
+                bar.stop()
+
+        self.bar = bar
+        return Callback()
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+        return False
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes warns on import about an optional CPU kernel package; it is noise for users.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        app()
+    except KeyboardInterrupt:
+        errors.print("interrupted", style="yellow")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Generate a reply with the training chat template and its stop tokens."""
+
+from __future__ import annotations
+
+import torch
+
+
+def stop_token_ids(template, tokenizer) -> list[int]:
+    """Every id that ends a reply: the template's stop strings that are single tokens, plus eos."""
+    ids = set()
+    for text in (*template.stop_tokens, template.end_of_turn, tokenizer.eos_token):
+        if not text:
+            continue
+        token_id = tokenizer.convert_tokens_to_ids(text)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return sorted(ids)
+
+
+@torch.no_grad()
+def reply(model, tokenizer, template, messages: list[dict], max_new_tokens: int = 64, streamer=None) -> str:
+    """Greedy reply to `messages` (the conversation so far), decoded without special tokens."""
+    from ftcli import chat
+
+    prompt = chat.render(template, messages, tokenizer, add_generation_prompt=True)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token
+    if bos and getattr(tokenizer, "add_bos_token", False) and not prompt.startswith(bos):
+        ids = [tokenizer.bos_token_id] + ids
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stop_token_ids(template, tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            streamer=streamer,
+        )
+    finally:
+        model.train(was_training)
+    return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True)

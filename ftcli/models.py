@@ -1,0 +1,133 @@
+"""Load the base model and tokenizer (hub id, local folder or builtin:) and attach LoRA."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from ftcli.errors import BadInput, MissingPackage
+from ftcli.recipe import LoraSection, ModelSection
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_name(name: str) -> str:
+    """A builtin name becomes its cached folder; anything else is passed to from_pretrained as is."""
+    from ftcli import builtin
+
+    if builtin.is_builtin(name):
+        try:
+            return str(builtin.builtin_path(name))
+        except builtin.BuiltinError as err:
+            raise BadInput(str(err)) from None
+    return name
+
+
+def pick_dtype(section: ModelSection) -> torch.dtype:
+    """`auto`: bf16 on a GPU that supports it, else fp16 on a GPU, fp32 on the CPU."""
+    if section.dtype != "auto":
+        return DTYPES[section.dtype]
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(compute_dtype: torch.dtype):
+    """nf4 with double quantisation: the QLoRA recipe."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MissingPackage("bitsandbytes", "model.load_in_4bit (QLoRA)", "pip install 'ftcli[qlora]'")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=compute_dtype,
+    )
+
+
+def load_tokenizer(section: ModelSection):
+    from transformers import AutoTokenizer
+
+    path = resolve_name(section.name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=section.trust_remote_code)
+    except OSError as err:
+        raise BadInput(f"model.name {section.name!r}: could not load a tokenizer ({str(err).splitlines()[0]})",
+                       hint="use a Hugging Face id, a local model folder, or builtin:tiny-llama3 "
+                            "(builtin:tiny-gemma3, tiny-qwen3, tiny-phi3, tiny-mistral)") from None
+    if tokenizer.pad_token is None:
+        # Padding positions never enter the loss, but the pad id must exist to batch at all.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load(section: ModelSection):
+    """(model, tokenizer) for a recipe's model section."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_name(section.name)
+    dtype = pick_dtype(section)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=section.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise BadInput(f"model.name {section.name!r}: {str(err).splitlines()[0]}",
+                       hint="check the id or folder; offline, use builtin:tiny-llama3 or a local folder") from None
+    kwargs = {"dtype": dtype, "trust_remote_code": section.trust_remote_code}
+    if section.attn_implementation != "auto":
+        kwargs["attn_implementation"] = section.attn_implementation
+    if section.load_in_4bit:
+        kwargs["quantization_config"] = quantization_config(dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+    except ValueError as err:
+        if "Unrecognized configuration class" in str(err) or "does not recognize" in str(err):
+            raise BadInput(f"model.name {section.name!r}: architecture {config.model_type!r} is not a "
+                           "causal language model that transformers can load") from None
+        raise
+    tokenizer = load_tokenizer(section)
+    if torch.cuda.is_available() and not section.load_in_4bit:
+        model = model.to("cuda")
+    return model, tokenizer
+
+
+def add_lora(model, section: LoraSection | None, gradient_checkpointing: bool):
+    """Wrap the model in a PEFT LoRA model (or leave it whole for a full finetune)."""
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if section is None:
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = LoraConfig(
+        r=section.r,
+        lora_alpha=section.alpha,
+        lora_dropout=section.dropout,
+        target_modules=section.target_modules,
+        use_rslora=section.use_rslora,
+        use_dora=section.use_dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise BadInput(f"lora.target_modules {section.target_modules!r}: {str(err).splitlines()[0]}",
+                       hint="use all-linear, or module names such as [q_proj, k_proj, v_proj, o_proj]") from None
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def is_local_folder(name: str) -> bool:
+    return Path(name).is_dir()

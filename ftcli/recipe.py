@@ -1,0 +1,370 @@
+"""The YAML recipe: pydantic models, loading with line numbers, --set overrides, readable errors.
+
+A recipe is read once, validated whole, and every problem is reported with the file, the
+line, the key path and (for a misspelt key) the closest valid key. Short aliases such as
+`lr` are accepted in YAML and in --set; everything downstream sees canonical names only.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ftcli.errors import RecipeError
+
+DatasetFormat = Literal[
+    "auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference", "prompt"
+]
+ExportFormat = Literal["safetensors", "gguf", "ollama", "adapter"]
+
+
+class Section(BaseModel):
+    """Every recipe section forbids unknown keys; `aliases` maps short names to canonical ones."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    aliases: ClassVar[dict[str, str]] = {}
+
+
+class ModelSection(Section):
+    aliases = {"path": "name", "id": "name", "max_length": "max_seq_length", "4bit": "load_in_4bit"}
+
+    name: str = Field(description="Hugging Face id, local folder, or builtin:<name>")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    load_in_4bit: bool = False
+    max_seq_length: int = Field(2048, gt=0)
+    trust_remote_code: bool = False
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_aliases(cls, value: Any) -> Any:
+        short = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+        return short.get(value, value) if isinstance(value, str) else value
+
+
+class TemplateSection(Section):
+    name: str = Field("auto", description="a family in templates/, auto (the tokenizer's own), or a .jinja path")
+    train_on: Literal["assistant", "all"] = "assistant"
+
+
+class DatasetSection(Section):
+    aliases = {"name": "path", "type": "format", "column_map": "columns"}
+
+    path: str
+    format: DatasetFormat = "auto"
+    split: str = "train"
+    columns: dict[str, str] = Field(default_factory=dict, description="our column name -> your column name")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    skip_invalid: bool = False
+    max_samples: int | None = Field(None, gt=0)
+    system_prompt: str | None = None
+
+
+class LoraSection(Section):
+    aliases = {"rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "targets": "target_modules"}
+
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+
+
+class TrainSection(Section):
+    aliases = {
+        "lr": "learning_rate",
+        "batch_size": "per_device_train_batch_size",
+        "micro_batch_size": "per_device_train_batch_size",
+        "grad_accum": "gradient_accumulation_steps",
+        "gradient_accumulation": "gradient_accumulation_steps",
+        "epochs": "num_train_epochs",
+        "num_epochs": "num_train_epochs",
+        "scheduler": "lr_scheduler_type",
+        "warmup": "warmup_ratio",
+        "optimizer": "optim",
+        "steps": "max_steps",
+    }
+
+    stage: Literal["sft", "dpo", "grpo"] = "sft"
+    max_steps: int = Field(-1, description="-1 = run num_train_epochs")
+    num_train_epochs: float = Field(1.0, gt=0)
+    per_device_train_batch_size: int = Field(2, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, ge=0.0)
+    optim: str = "adamw_torch"
+    gradient_checkpointing: bool = False
+    packing: bool = False
+    seed: int = 42
+    logging_steps: int = Field(1, gt=0)
+    save_steps: int | None = Field(None, gt=0, description="None = save only at the end")
+    eval_steps: int | None = Field(None, gt=0, description="None = evaluate at the end when there is an eval split")
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        from transformers.trainer_utils import SchedulerType
+
+        known = [s.value for s in SchedulerType]
+        if value not in known:
+            raise ValueError(f"unknown scheduler {value!r}; choose one of: {', '.join(known)}")
+        return value
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        from transformers.training_args import OptimizerNames
+
+        known = [o.value for o in OptimizerNames]
+        if value not in known:
+            close = difflib.get_close_matches(value, known, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"unknown optimizer {value!r}{hint}")
+        return value
+
+
+class ExportSection(Section):
+    formats: list[ExportFormat] = Field(default_factory=list, description="empty = no export")
+    gguf_quant: list[str] = Field(default_factory=lambda: ["q8_0"])
+
+
+class Recipe(Section):
+    model: ModelSection
+    template: TemplateSection = Field(default_factory=TemplateSection)
+    dataset: DatasetSection
+    lora: LoraSection | None = None
+    train: TrainSection = Field(default_factory=TrainSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    output_dir: str = Field("runs/{name}-{timestamp}", description="{name} and {timestamp} are filled in")
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> "Recipe":
+        problems = []
+        if self.model.load_in_4bit and self.lora is None:
+            problems.append(
+                ("model.load_in_4bit", "4-bit (QLoRA) weights cannot be trained directly: add a `lora:` "
+                 "section (e.g. `lora: {r: 16}`) or set model.load_in_4bit: false")
+            )
+        stage_formats = {"sft": {"preference", "prompt"}, "dpo": {"messages", "sharegpt", "alpaca",
+                         "prompt_completion", "text", "prompt"}, "grpo": {"messages", "sharegpt", "alpaca",
+                         "prompt_completion", "text", "preference"}}
+        needs = {"sft": "a supervised format (messages, sharegpt, alpaca, prompt_completion, text)",
+                 "dpo": "format: preference", "grpo": "format: prompt"}
+        if self.dataset.format in stage_formats[self.train.stage]:
+            problems.append(
+                ("dataset.format", f"a `{self.dataset.format}` dataset does not fit train.stage: "
+                 f"{self.train.stage}, which needs {needs[self.train.stage]}")
+            )
+        if self.train.max_steps == 0 or self.train.max_steps < -1:
+            problems.append(("train.max_steps", "must be a positive number of steps, or -1 to run num_train_epochs"))
+        if problems:
+            # Raised as ValueError so pydantic reports it like any other field error.
+            raise ValueError(" | ".join(f"[{path}] {msg}" for path, msg in problems))
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _Located(dict):
+    """A dict that remembers the source line of each key (1-based)."""
+
+    lines: dict[str, int]
+
+
+def _compose(text: str, source: str) -> Any:
+    """Parse YAML into plain data, keeping line numbers of mapping keys."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(err, "problem", None) or str(err)
+        raise RecipeError([f"{where}: YAML syntax error: {problem}"]) from None
+    return _node_to_data(node) if node is not None else {}
+
+
+def _node_to_data(node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out = _Located()
+        out.lines = {}
+        for key_node, value_node in node.value:
+            key = str(yaml.safe_load(yaml.serialize(key_node)))
+            out[key] = _node_to_data(value_node)
+            out.lines[key] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_node_to_data(item) for item in node.value]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _section_class(model: type[BaseModel], key: str) -> type[Section] | None:
+    """The Section class of field `key` of `model`, if that field holds a section."""
+    field = model.model_fields.get(key)
+    if field is None:
+        return None
+    annotation = field.annotation
+    for candidate in getattr(annotation, "__args__", (annotation,)):
+        if isinstance(candidate, type) and issubclass(candidate, Section):
+            return candidate
+    return None
+
+
+def _canonicalize(data: Any, model: type[Section], path: tuple, where: dict[tuple, str], source: str) -> Any:
+    """Rename aliases to canonical field names, recording each key's "file:line" under its canonical path."""
+    if not isinstance(data, dict):
+        return data
+    out: dict[str, Any] = {}
+    own_lines = getattr(data, "lines", {})
+    for key, value in data.items():
+        name = model.aliases.get(key, key)
+        if name in out:
+            raise RecipeError([f"{'.'.join(path + (key,))}: given twice (as `{name}` and its alias `{key}`)"])
+        if key in own_lines:
+            where[path + (name,)] = f"{source}:{own_lines[key]}"
+        sub = _section_class(model, name)
+        out[name] = _canonicalize(value, sub, path + (name,), where, source) if sub else value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.learning_rate=1e-4` -> (["train", "learning_rate"], 1e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise RecipeError([f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set train.learning_rate=1e-4"])
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError([f"--set {text!r}: the key path is empty"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise RecipeError([f"--set {text!r}: the value is not valid YAML ({err})"]) from None
+    return parts, value
+
+
+def _apply_override(data: dict, parts: list[str], value: Any, text: str) -> tuple:
+    """Set data[parts...] = value, creating sections on the way, honouring aliases at each level.
+
+    Returns the canonical key path that was set.
+    """
+    model: type[Section] | None = Recipe
+    node = data
+    path: tuple = ()
+    for i, part in enumerate(parts):
+        name = model.aliases.get(part, part) if model else part
+        path += (name,)
+        if i == len(parts) - 1:
+            node[name] = value
+            return path
+        child = node.get(name)
+        if child is None:
+            child = node[name] = {}
+        if not isinstance(child, dict):
+            raise RecipeError([f"--set {text}: `{'.'.join(parts[: i + 1])}` is not a section"])
+        model = _section_class(model, name) if model else None
+        node = child
+
+
+def _closest_key(model: type[BaseModel] | None, key: str) -> str | None:
+    if model is None:
+        return None
+    names = list(model.model_fields) + list(getattr(model, "aliases", {}))
+    match = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    if match:
+        return getattr(model, "aliases", {}).get(match[0], match[0])
+    return None
+
+
+def _model_at(path: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Recipe
+    for part in path:
+        model = _section_class(model, str(part)) if model else None
+    return model
+
+
+def _format_errors(err: ValidationError, source: str, lines: dict[tuple, str]) -> list[str]:
+    problems = []
+    seen_union: dict[tuple, int] = {}
+    for item in err.errors():
+        # pydantic adds the union member's type (e.g. "list[str]") to loc; drop those parts.
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or p[:1].isupper())))
+        if len(loc) < len(item["loc"]) and loc in seen_union:
+            # Another member of the same union failed too: add its expectation to the first message.
+            problems[seen_union[loc]] += f"; or {item['msg'].lower()}"
+            continue
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        line = None
+        for n in range(len(loc), 0, -1):
+            line = lines.get(tuple(str(p) for p in loc[:n]))
+            if line:
+                break
+        where = line or source
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            suggestion = _closest_key(_model_at(tuple(str(p) for p in loc[:-1])), str(loc[-1]))
+            message = f"unknown key `{dotted}`"
+            if suggestion:
+                message += f" (did you mean `{suggestion}`?)"
+        elif kind == "missing":
+            message = f"`{dotted}` is required but missing"
+        elif kind == "value_error" and str(item.get("msg", "")).startswith("Value error, ["):
+            # Cross-field rules: one message per rule, each with its own key path.
+            for rule in item["msg"][len("Value error, "):].split(" | "):
+                rule_path, _, rule_msg = rule[1:].partition("] ")
+                rule_line = lines.get(tuple(rule_path.split(".")))
+                rule_where = rule_line or source
+                problems.append(f"{rule_where}: {rule_path}: {rule_msg}")
+            continue
+        else:
+            got = item.get("input")
+            shown = repr(got) if not isinstance(got, dict) else "a mapping"
+            message = f"`{dotted}`: {item['msg'].removeprefix('Value error, ')} (got {shown})"
+        if len(loc) < len(item["loc"]):
+            seen_union[loc] = len(problems)
+        problems.append(f"{where}: {message}")
+    return problems
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), now: _dt.datetime | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise RecipeError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError([f"{path}: recipe file not found"], hint="pass the path of a .yaml recipe, e.g. recipes/quickstart.yaml")
+    source = str(path)
+    data = _compose(path.read_text(encoding="utf-8"), source)
+    if not isinstance(data, dict):
+        raise RecipeError([f"{source}: a recipe must be a mapping of sections (model:, dataset:, train:, ...)"])
+    lines: dict[tuple, str] = {}
+    data = _canonicalize(data, Recipe, (), lines, source)
+    for text in overrides:
+        parts, value = parse_override(text)
+        lines[_apply_override(data, parts, value, text)] = f"--set {text}"
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(_format_errors(err, source, lines)) from None
+    return _fill_output_dir(recipe, path, now or _dt.datetime.now())
+
+
+def _fill_output_dir(recipe: Recipe, path: Path, now: _dt.datetime) -> Recipe:
+    """`{name}` is the recipe file's stem, `{timestamp}` makes each run of the same recipe unique."""
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    out = recipe.output_dir.replace("{name}", path.stem).replace("{timestamp}", stamp)
+    return recipe.model_copy(update={"output_dir": out})
+
+
+def to_yaml(recipe: Recipe, extra: dict | None = None) -> str:
+    """The resolved recipe with canonical names and defaults filled, plus optional run facts."""
+    data = recipe.model_dump(mode="json")
+    if extra:
+        data["_run"] = extra
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
