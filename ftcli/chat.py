@@ -14,14 +14,14 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from ftcli.errors import BadInput
+
 IGNORE_INDEX = -100  # label value the loss skips
 ROLES = ("system", "user", "assistant")
 
 
-class ChatTemplateError(ValueError):
-    """A template cannot be found or rendered, or the messages are malformed."""
-
-    exit_code = 2  # bad input, for cli.py (DESIGN.md exit codes)
+class ChatTemplateError(BadInput, ValueError):
+    """A template cannot be found or rendered, or the messages are malformed (exit 2)."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
+import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -183,11 +186,23 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # bitsandbytes warns on import about an optional CPU kernel package; it is noise for users.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # Library deprecation notices (e.g. transformers renaming gradient_checkpointing) are not the user's to fix.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would drown the run's own output
+    hf_logging.set_verbosity_error()
     try:
         app()
     except KeyboardInterrupt:
         errors.print("interrupted", style="yellow")
         sys.exit(130)
+    except Exception as err:  # a bug in ftcli or a library: keep the traceback, show one clear line
+        log = Path(tempfile.gettempdir()) / f"ftcli-crash-{os.getpid()}.log"
+        log.write_text(traceback.format_exc(), encoding="utf-8")
+        errors.print(f"error: unexpected {type(err).__name__}: {err}", markup=False, style="bold red")
+        errors.print(f"the full traceback is in {log}; please include it in a bug report", markup=False)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -216,12 +216,24 @@ def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     return [r for i, r in enumerate(rows) if i not in eval_idx], [r for i, r in enumerate(rows) if i in eval_idx]
 
 
+def fold_system(messages: list[dict]) -> list[dict]:
+    """For templates without a system role: prepend the system text to the first user turn."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0]["content"], messages[1:]
+    for i, msg in enumerate(rest):
+        if msg["role"] == "user":
+            return rest[:i] + [{"role": "user", "content": f"{system}\n\n{msg['content']}"}] + rest[i + 1:]
+    return rest
+
+
 def encode_sft_row(row: dict, template, tokenizer, train_on: str, max_length: int) -> dict:
     """Token ids and labels for one standard SFT row (messages via the chat template, or raw text)."""
     from ftcli import chat
 
     if "messages" in row:
-        return chat.encode(template, row["messages"], tokenizer, train_on=train_on, max_length=max_length)
+        messages = row["messages"] if template.supports_system else fold_system(row["messages"])
+        return chat.encode(template, messages, tokenizer, train_on=train_on, max_length=max_length)
     ids = tokenizer(row["text"], add_special_tokens=True)["input_ids"]
     if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids = ids + [tokenizer.eos_token_id]  # so a text model learns where documents end
@@ -234,9 +246,15 @@ def build_sft(rows: list[dict], template, tokenizer, train_on: str, max_length: 
     """A datasets.Dataset of input_ids/labels; rows left with no trained token are dropped and counted."""
     import datasets
 
+    from ftcli.chat import ChatTemplateError
+
     encoded = []
-    for row in rows:
-        item = encode_sft_row(row, template, tokenizer, train_on, max_length)
+    for number, row in enumerate(rows, start=1):
+        try:
+            item = encode_sft_row(row, template, tokenizer, train_on, max_length)
+        except ChatTemplateError as err:
+            raise DataError(f"conversation {number}: the chat template {template.name!r} cannot render it: "
+                            f"{err.message}", hint=err.hint) from None
         report.rows_truncated += int(item.pop("truncated"))
         if all(label == -100 for label in item["labels"][1:]):
             report.rows_without_targets += 1

@@ -22,11 +22,11 @@ def reply(model, tokenizer, template, messages: list[dict], max_new_tokens: int 
     """Greedy reply to `messages` (the conversation so far), decoded without special tokens."""
     from ftcli import chat
 
-    prompt = chat.render(template, messages, tokenizer, add_generation_prompt=True)
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    bos = tokenizer.bos_token
-    if bos and getattr(tokenizer, "add_bos_token", False) and not prompt.startswith(bos):
-        ids = [tokenizer.bos_token_id] + ids
+    from ftcli.data import fold_system
+
+    if not template.supports_system:
+        messages = fold_system(messages)
+    ids = chat.prompt_ids(template, messages, tokenizer)
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
     was_training = model.training

@@ -9,6 +9,7 @@ prove the difference.
 
 from __future__ import annotations
 
+from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from ftcli.recipe import Recipe
@@ -44,7 +45,7 @@ def trainer_args(recipe: Recipe, checkpoints_dir: str, precision: dict, has_eval
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler_type,
-        warmup_ratio=t.warmup_ratio,
+        warmup_steps=t.warmup_ratio,  # transformers 5 reads a float in [0, 1) as a ratio of total steps
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         optim=t.optim,
@@ -70,7 +71,7 @@ def trainer_args(recipe: Recipe, checkpoints_dir: str, precision: dict, has_eval
 def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset, checkpoints_dir: str,
                   precision: dict, report_to: list[str], callbacks: list):
     args = trainer_args(recipe, checkpoints_dir, precision, eval_dataset is not None, report_to)
-    return FtcliSFTTrainer(
+    trainer = FtcliSFTTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -78,3 +79,6 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset,
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    # Metrics go to metrics.jsonl and the progress bar; the Trainer's own dict printing is noise.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
