@@ -10,7 +10,7 @@ import torch
 from ftcli.errors import BadInput, MissingPackage
 from ftcli.recipe import LoraSection, ModelSection
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
 def resolve_name(name: str) -> str:

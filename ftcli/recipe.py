@@ -34,7 +34,8 @@ class ModelSection(Section):
     aliases = {"path": "name", "id": "name", "max_length": "max_seq_length", "4bit": "load_in_4bit"}
 
     name: str = Field(description="Hugging Face id, local folder, or builtin:<name>")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32", "float64"] = Field(
+        "auto", description="auto = bf16 on a GPU that has it, fp32 on the CPU; float64 is for numerics checks")
     load_in_4bit: bool = False
     max_seq_length: int = Field(2048, gt=0)
     trust_remote_code: bool = False

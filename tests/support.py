@@ -1,0 +1,38 @@
+"""Helpers shared by the training tests: write recipes and datasets into a temp folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_recipe(path: Path, **sections) -> Path:
+    """A minimal LoRA SFT recipe on tiny-llama3; keyword sections are merged over the defaults."""
+    recipe = {
+        "model": {"name": "builtin:tiny-llama3", "max_seq_length": 128},
+        "template": {"name": "llama3"},
+        "dataset": {"path": str(REPO / "recipes" / "data" / "quickstart.jsonl")},
+        "lora": {"r": 8, "alpha": 16},
+        "train": {"max_steps": 3, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1},
+        "output_dir": str(path.parent / "run"),
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            recipe[key] = {**recipe[key], **value}
+        else:
+            recipe[key] = value
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def conversation(user: str, assistant: str) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
