@@ -1,0 +1,208 @@
+"""RMSNorm (Llama casting and Gemma's fp32 `(1 + w)`) and a fused residual-add + RMSNorm.
+
+Math per row of n = hidden elements: r = 1/sqrt(mean(x^2) + eps), xhat = x*r,
+y = w * xhat (Llama) or y = (1 + w) * xhat (Gemma). Backward with g = dy * w':
+dx = r * (g - xhat * mean(g * xhat)), dw = sum over rows of dy * xhat.
+
+Precision, as Hugging Face does it:
+- Llama mode: statistics in fp32, xhat rounded to the input dtype *before* the multiply by w;
+  the output dtype is `promote(w.dtype, x.dtype)` (fp32 when PEFT's k-bit prep upcast w).
+- Gemma mode: everything in fp32, `(1 + w)` included; only y is rounded, to x's dtype.
+- The fused variant rounds h = x + residual to x's dtype (as the residual add in the model
+  does) and normalises that rounded h.
+Saved for backward: the normalised input, w and r (one fp32 per row). dw is only computed
+when the weight requires grad (it is frozen under LoRA).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._triton import kernel, next_pow2, num_warps_for
+
+try:
+    import triton.language as tl
+except ImportError:  # Triton is optional: the references still work
+    tl = None
+
+
+@kernel
+def rms_norm_fwd(X, RES, W, Y, HOUT, RSTD, stride_x, stride_r, stride_y, stride_h, n_cols, eps,
+                 GEMMA: tl.constexpr, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        res = tl.load(RES + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+        h = (x + res).to(HOUT.dtype.element_ty)
+        tl.store(HOUT + row * stride_h + cols, h, mask=mask)
+        x = h.to(tl.float32)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    mean_sq = tl.sum(x * x, axis=0) / n_cols
+    rstd = 1.0 / tl.sqrt_rn(mean_sq + tl.cast(eps, tl.float32))
+    tl.store(RSTD + row, rstd)
+    xhat = x * rstd
+    if GEMMA:
+        y = xhat * (1.0 + w)
+    else:
+        y = xhat.to(X.dtype.element_ty).to(tl.float32) * w
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@kernel
+def rms_norm_bwd(DY, X, W, RSTD, DX, DRES, DWP, stride_dy, stride_x, stride_dx, stride_dres, n_rows, n_cols,
+                 rows_per_prog, GEMMA: tl.constexpr, HAS_DRES: tl.constexpr, COMPUTE_DW: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    if GEMMA:
+        w = w + 1.0
+    dw = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(0, rows_per_prog):
+        row = pid * rows_per_prog + i
+        in_range = row < n_rows
+        rmask = cols < tl.where(in_range, n_cols, 0)  # (a scalar-bool & vector-bool trips the interpreter)
+        row = row.to(tl.int64)
+        x = tl.load(X + row * stride_x + cols, mask=rmask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + row * stride_dy + cols, mask=rmask, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + row, mask=in_range, other=0.0)
+        xhat = x * rstd
+        g = dy * w
+        c = tl.sum(g * xhat, axis=0) / n_cols
+        dx = rstd * (g - xhat * c)
+        if HAS_DRES:
+            dx += tl.load(DRES + row * stride_dres + cols, mask=rmask, other=0.0).to(tl.float32)
+        tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=rmask)
+        if COMPUTE_DW:
+            if GEMMA:
+                dw += dy * xhat
+            else:
+                dw += dy * xhat.to(X.dtype.element_ty).to(tl.float32)
+    if COMPUTE_DW:
+        tl.store(DWP + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def _out_dtype(x: torch.Tensor, weight: torch.Tensor, gemma: bool) -> torch.dtype:
+    return x.dtype if gemma else torch.promote_types(weight.dtype, x.dtype)
+
+
+def _forward(x2, res2, weight, eps, gemma):
+    n_rows, n_cols = x2.shape
+    y = torch.empty((n_rows, n_cols), dtype=_out_dtype(x2, weight, gemma), device=x2.device)
+    h = torch.empty_like(x2) if res2 is not None else None
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=x2.device)
+    block = next_pow2(n_cols)
+    if n_rows:
+        rms_norm_fwd[(n_rows,)](
+            x2, res2 if res2 is not None else x2, weight, y, h if h is not None else y, rstd,
+            x2.stride(0), res2.stride(0) if res2 is not None else 0, y.stride(0), h.stride(0) if h is not None else 0,
+            n_cols, eps, GEMMA=gemma, HAS_RES=res2 is not None, BLOCK=block, num_warps=num_warps_for(block))
+    return y, h, rstd
+
+
+def _backward(dy2, x2, weight, rstd, dres2, gemma, need_dw):
+    n_rows, n_cols = x2.shape
+    dx = torch.empty_like(x2)
+    dy2 = dy2 if dy2.stride(-1) == 1 else dy2.contiguous()
+    if need_dw:
+        progs = min(n_rows, 4 * _sm_count(x2.device)) or 1
+    else:
+        progs = max(n_rows, 1)
+    rows_per_prog = -(-n_rows // progs) if n_rows else 0
+    dwp = torch.empty((progs, n_cols), dtype=torch.float32, device=x2.device) if need_dw else rstd
+    block = next_pow2(n_cols)
+    if n_rows:
+        rms_norm_bwd[(progs,)](
+            dy2, x2, weight, rstd, dx, dres2 if dres2 is not None else dx, dwp,
+            dy2.stride(0), x2.stride(0), dx.stride(0), dres2.stride(0) if dres2 is not None else 0,
+            n_rows, n_cols, rows_per_prog, GEMMA=gemma, HAS_DRES=dres2 is not None, COMPUTE_DW=need_dw,
+            BLOCK=block, num_warps=num_warps_for(block))
+    dw = None
+    if need_dw:
+        dw = (dwp.sum(0) if n_rows else torch.zeros(n_cols, dtype=torch.float32, device=x2.device)).to(weight.dtype)
+    return dx, dw
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2
+
+
+class RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps, gemma):
+        x2 = _rows(x)
+        y, _, rstd = _forward(x2, None, weight, eps, gemma)
+        ctx.save_for_backward(x2, weight, rstd)
+        ctx.gemma = gemma
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight, rstd = ctx.saved_tensors
+        dx, dw = _backward(dy.reshape(-1, dy.shape[-1]), x2, weight, rstd, None, ctx.gemma, ctx.needs_input_grad[1])
+        return dx.view(dy.shape[:-1] + (x2.shape[-1],)), dw, None, None
+
+
+class AddRMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, residual, weight, eps, gemma):
+        x2, r2 = _rows(x), _rows(residual.to(x.dtype))
+        y, h, rstd = _forward(x2, r2, weight, eps, gemma)
+        ctx.save_for_backward(h, weight, rstd)
+        ctx.gemma = gemma
+        ctx.set_materialize_grads(False)
+        shape = x.shape[:-1]
+        return y.view(*shape, y.shape[-1]), h.view(*shape, h.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy, dh):
+        h2, weight, rstd = ctx.saved_tensors
+        shape = h2.shape
+        if dy is None:
+            dx = dh.reshape(shape).to(h2.dtype)
+            dw = torch.zeros_like(weight) if ctx.needs_input_grad[2] else None
+        else:
+            dres = None if dh is None else _rows(dh)
+            dx, dw = _backward(dy.reshape(-1, dy.shape[-1]), h2, weight, rstd, dres, ctx.gemma,
+                               ctx.needs_input_grad[2])
+        out_shape = (dy if dy is not None else dh).shape[:-1] + (shape[-1],)
+        dx = dx.view(out_shape)
+        return dx, dx, dw, None, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gemma: bool = False) -> torch.Tensor:
+    """Triton RMSNorm over the last dimension. `gemma=True`: Gemma's `(1 + w)` in fp32."""
+    return RMSNormFunction.apply(x, weight, float(eps), bool(gemma))
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+                 gemma: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton fused `h = x + residual; y = rms_norm(h)`; returns `(y, h)` (h feeds the next residual)."""
+    return AddRMSNormFunction.apply(x, residual, weight, float(eps), bool(gemma))
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, gemma: bool = False) -> torch.Tensor:
+    """Plain PyTorch, exactly as transformers' LlamaRMSNorm / Gemma3RMSNorm compute it."""
+    if gemma:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        return (y * (1.0 + weight.float())).type_as(x)
+    xf = x.to(torch.float32)
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6,
+                           gemma: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    h = x + residual.to(x.dtype)
+    return rms_norm_reference(h, weight, eps, gemma), h
