@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ftcli.errors import RecipeError
+from ftcli.rewards import RewardSpec, RewardSpecError, parse_specs
 
 DatasetFormat = Literal[
     "auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference", "prompt"
@@ -40,6 +41,8 @@ class ModelSection(Section):
     max_seq_length: int = Field(2048, gt=0)
     trust_remote_code: bool = False
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    adapter: str | None = Field(None, description="a LoRA adapter folder to keep training, e.g. runs/sft/adapter "
+                                "(SFT -> DPO -> GRPO); its own rank and targets are used")
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -77,6 +80,87 @@ class LoraSection(Section):
     use_dora: bool = False
 
 
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")  # TRL 1.15-1.16
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+
+
+class DpoSection(Section):
+    """train.dpo: the preference loss (TRL DPOTrainer). With LoRA the reference is the base model."""
+
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference model")
+    loss_type: str | list[str] = Field("sigmoid", description=f"one of {', '.join(DPO_LOSS_TYPES)}, or a list")
+    loss_weights: list[float] | None = Field(None, description="weights when loss_type is a list")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="robust / exo_pair: chance a label is flipped")
+    max_prompt_length: int | None = Field(None, gt=0, description="prompt tokens kept (from the end); None = no cut")
+    max_completion_length: int | None = Field(None, gt=0, description="reply tokens kept (from the start)")
+    precompute_ref_log_probs: bool = Field(False, description="score the reference once before training")
+
+    @field_validator("loss_type")
+    @classmethod
+    def _known_losses(cls, value: str | list[str]) -> str | list[str]:
+        for name in [value] if isinstance(value, str) else value:
+            if name not in DPO_LOSS_TYPES:
+                close = difflib.get_close_matches(name, DPO_LOSS_TYPES, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else f"; choose from {', '.join(DPO_LOSS_TYPES)}"
+                raise ValueError(f"unknown DPO loss {name!r}{hint}")
+        if isinstance(value, list) and not value:
+            raise ValueError("loss_type is an empty list")
+        return value
+
+    @model_validator(mode="after")
+    def _loss_options(self) -> "DpoSection":
+        names = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
+        if self.loss_weights is not None and len(self.loss_weights) != len(names):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} values for {len(names)} loss types")
+        if "exo_pair" in names and self.label_smoothing == 0:
+            raise ValueError("loss_type exo_pair needs label_smoothing > 0 (the EXO paper uses 1e-3)")
+        return self
+
+
+class GrpoSection(Section):
+    """train.grpo: group-relative policy optimisation (TRL GRPOTrainer) with rewards declared here."""
+
+    aliases = {"generations": "num_generations", "kl_beta": "beta"}
+
+    num_generations: int = Field(8, ge=2, description="completions sampled per prompt (the group)")
+    max_prompt_length: int = Field(512, gt=0, description="longer prompts are skipped and counted")
+    max_completion_length: int = Field(256, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    beta: float = Field(0.0, ge=0, description="KL penalty towards the reference (0 = none, as in DAPO)")
+    epsilon: float = Field(0.2, gt=0, description="lower clip of the probability ratio")
+    epsilon_high: float | None = Field(None, gt=0, description="upper clip; None = epsilon")
+    loss_type: Literal[GRPO_LOSS_TYPES] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="group: advantage = (r - group mean) / group std; none: no division")
+    num_iterations: int = Field(1, ge=1, description="optimisation passes per generated batch")
+    mask_truncated_completions: bool = False
+    sequences_per_forward: int | Literal["auto", "all"] = Field(
+        "auto", description="completions per training forward/backward (memory): auto ~4096 tokens; all = TRL's")
+    rewards: list[RewardSpec] = Field(default_factory=list)
+
+    @field_validator("scale_rewards", mode="before")
+    @classmethod
+    def _bool_scale(cls, value: Any) -> Any:
+        return {True: "group", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
+    @field_validator("sequences_per_forward")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be a positive number of sequences, auto or all")
+        return value
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _rewards(cls, value: Any) -> Any:
+        try:
+            return parse_specs(value) if value is not None else []
+        except RewardSpecError as err:  # one located line per problem, like the cross-field rules
+            raise ValueError(" | ".join(f"[train.grpo.rewards] {p}" for p in err.problems)) from None
+
+
 class TrainSection(Section):
     aliases = {
         "lr": "learning_rate",
@@ -109,6 +193,8 @@ class TrainSection(Section):
     logging_steps: int = Field(1, gt=0)
     save_steps: int | None = Field(None, gt=0, description="None = save only at the end")
     eval_steps: int | None = Field(None, gt=0, description="None = evaluate at the end when there is an eval split")
+    dpo: DpoSection = Field(default_factory=DpoSection)
+    grpo: GrpoSection = Field(default_factory=GrpoSection)
 
     @field_validator("lr_scheduler_type")
     @classmethod
@@ -150,7 +236,7 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _cross_field_rules(self) -> "Recipe":
         problems = []
-        if self.model.load_in_4bit and self.lora is None:
+        if self.model.load_in_4bit and self.lora is None and self.model.adapter is None:
             problems.append(
                 ("model.load_in_4bit", "4-bit (QLoRA) weights cannot be trained directly: add a `lora:` "
                  "section (e.g. `lora: {r: 16}`) or set model.load_in_4bit: false")
@@ -165,6 +251,19 @@ class Recipe(Section):
                 ("dataset.format", f"a `{self.dataset.format}` dataset does not fit train.stage: "
                  f"{self.train.stage}, which needs {needs[self.train.stage]}")
             )
+        if self.model.adapter is not None and self.lora is not None:
+            problems.append(("lora", "model.adapter continues an existing LoRA adapter with its own rank and "
+                             "targets: remove the `lora:` section (or drop model.adapter to start a new adapter)"))
+        if self.train.stage == "grpo":
+            grpo, t = self.train.grpo, self.train
+            if not grpo.rewards:
+                problems.append(("train.grpo", "GRPO needs at least one reward: add `rewards:` under train.grpo, "
+                                 "e.g. rewards: [{type: numeric_match, column: answer}]"))
+            if (t.per_device_train_batch_size * t.gradient_accumulation_steps) % grpo.num_generations:
+                problems.append(("train.per_device_train_batch_size", "per_device_train_batch_size x "
+                                 f"gradient_accumulation_steps ({t.per_device_train_batch_size} x "
+                                 f"{t.gradient_accumulation_steps}) must be a multiple of train.grpo.num_generations "
+                                 f"({grpo.num_generations}): each step trains on whole groups of completions"))
         if self.train.max_steps == 0 or self.train.max_steps < -1:
             problems.append(("train.max_steps", "must be a positive number of steps, or -1 to run num_train_epochs"))
         if problems:
