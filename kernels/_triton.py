@@ -78,11 +78,15 @@ class kernel:  # noqa: N801 - used as a decorator
     """`@kernel` = `@triton.jit`, built at first launch; `k[grid](...)` launches and counts.
 
     `configs` (a list of `triton.Config`) and `key` turn on autotuning on the GPU; under the
-    interpreter the first config's meta-parameters are used (autotuning there would only be slow).
+    interpreter `interpret_meta` (default: the first config's meta-parameters) is used instead,
+    since autotuning there would only be slow.
     """
 
-    def __init__(self, fn: Callable | None = None, *, configs: list | None = None, key: list[str] | None = None):
+    def __init__(self, fn: Callable | None = None, *, configs: list | None = None, key: list[str] | None = None,
+                 interpret_meta: dict | None = None):
         self.configs, self.key = configs, key
+        self.interpret_meta = interpret_meta if interpret_meta is not None else (
+            dict(configs[0].kwargs) if configs else {})
         self._built: dict[bool, object] = {}
         self.fn = None
         if fn is not None:
@@ -117,7 +121,7 @@ class kernel:  # noqa: N801 - used as a decorator
         if not interpreting():
             return built[grid]
         launcher = built[grid]
-        defaults = self.configs[0].kwargs if self.configs else {}
+        defaults = self.interpret_meta
 
         def run(*args, **kwargs):
             with _interpreted_stdlib():

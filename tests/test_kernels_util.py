@@ -63,6 +63,13 @@ def grads(*tensors: torch.Tensor) -> list[torch.Tensor]:
 # Tests of the plumbing itself
 
 
+def test_registry_lists_every_op_with_triton_and_reference():
+    assert set(kernels.OPS) == {"rms_norm", "rope", "swiglu", "geglu", "fused_linear_ce", "lora_linear"}
+    for name, op in kernels.OPS.items():
+        assert callable(op.triton) and callable(op.reference), name
+        assert op.triton.__name__ + "_reference" == op.reference.__name__, name
+
+
 def test_triton_runnable_follows_interpreter_env(monkeypatch):
     assert kernels.triton_runnable("cpu")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
