@@ -88,6 +88,7 @@ class GgufResult:
     tokenizer_model: str
     tokenizer_pre: str
     tied_embeddings: bool
+    add_bos: bool = False
     padded_tokens: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -303,9 +304,18 @@ def _to_numpy(t, qtype: str) -> np.ndarray:
     return t.to(torch.float16 if qtype == "f16" else torch.float32).contiguous().numpy()
 
 
+STOP_KEY = "ftcli.chat.stop_tokens"  # our own keys (llama.cpp ignores unknown ones): what `ftcli chat` needs
+TEMPLATE_NAME_KEY = "ftcli.chat.template_name"
+
+
 def write_gguf(model_dir: Path, out_path: Path, outtype: str = "f16", *, chat_template: str | None = None,
-               end_of_turn: str | None = None, name: str | None = None) -> GgufResult:
-    """Convert `model_dir` to `out_path` (written to a temp name and renamed when complete)."""
+               end_of_turn: str | None = None, stop_tokens: list[str] | None = None, template_name: str | None = None,
+               name: str | None = None) -> GgufResult:
+    """Convert `model_dir` to `out_path` (written to a temp name and renamed when complete).
+
+    `chat_template` (the training template) goes to tokenizer.chat_template, its end-of-turn
+    token to tokenizer.ggml.eot_token_id, and its stop strings to ftcli.chat.stop_tokens.
+    """
     try:
         import gguf
     except ImportError:
@@ -360,6 +370,10 @@ def write_gguf(model_dir: Path, out_path: Path, outtype: str = "f16", *, chat_te
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         extra = _write_hparams(w, arch, config, notes)
         vocab.write(w, chat_template)
+        if stop_tokens:
+            w.add_array(STOP_KEY, list(stop_tokens))
+        if template_name:
+            w.add_string(TEMPLATE_NAME_KEY, template_name)
 
         entries = []  # (gguf name, source, qtype, shape)
         for target, arr in extra:
@@ -397,7 +411,7 @@ def write_gguf(model_dir: Path, out_path: Path, outtype: str = "f16", *, chat_te
         tmp.unlink(missing_ok=True)
         raise
     return GgufResult(path=out_path, arch=arch, outtype=outtype, tensors=len(entries), vocab_size=n_rows,
-                      tokenizer_model=vocab.model, tokenizer_pre=vocab.pre, tied_embeddings=tied,
+                      tokenizer_model=vocab.model, tokenizer_pre=vocab.pre, tied_embeddings=tied, add_bos=vocab.add_bos,
                       padded_tokens=vocab.padded, notes=notes)
 
 

@@ -8,14 +8,14 @@ falls back to another type for tensors whose rows do not divide into the type's 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftcli.errors import BadInput, FtcliError, MissingPackage
+from ftcli.errors import BadInput, FtcliError
+from ftcli.export.llamacpp import INSTALL, capture_llama_log, require_llama_cpp  # noqa: F401 (re-exported)
 
 # name -> (llama_ftype, nominal ggml type of the matrices, block size of that type)
 QUANT_TYPES: dict[str, tuple[int, str, int]] = {
@@ -29,7 +29,6 @@ QUANT_TYPES: dict[str, tuple[int, str, int]] = {
     "q4_0": (2, "Q4_0", 32),
 }
 BASE_TYPES = ("f32", "f16", "bf16")
-INSTALL = 'CMAKE_ARGS="-DLLAVA_BUILD=OFF" pip install llama-cpp-python==0.3.36 gguf==0.19.0'
 
 
 class QuantizeFailed(FtcliError):
@@ -59,33 +58,6 @@ def parse_quants(spec) -> list[str]:
         if name not in out:
             out.append(name)
     return out
-
-
-def require_llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError:
-        raise MissingPackage("llama-cpp-python", "GGUF export (quantisation and verification)", INSTALL) from None
-    return llama_cpp
-
-
-@contextlib.contextmanager
-def capture_llama_log():
-    """Collect llama.cpp's log lines (its only channel for quantiser warnings and errors)."""
-    llama_cpp = require_llama_cpp()
-    lines: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def callback(level, text, user_data):  # noqa: ARG001
-        lines.append(text.decode("utf-8", errors="replace"))
-
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    try:
-        yield lines
-    finally:
-        from llama_cpp import _logger
-
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def quantize(base: Path, out: Path, quant: str, threads: int | None = None) -> QuantResult:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,18 +89,16 @@ def build_reference(model_dir: Path, template, threads: int | None = None) -> Re
 
 @contextlib.contextmanager
 def open_gguf(path: Path, n_ctx: int = 256, logits_all: bool = True, vocab_only: bool = False):
-    from ftcli.export.quantize import capture_llama_log, require_llama_cpp
+    from ftcli.export import llamacpp
 
-    llama_cpp = require_llama_cpp()
-    with capture_llama_log() as lines:
-        try:
-            llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
-                                  n_gpu_layers=0, n_threads=max(1, os.cpu_count() or 1), verbose=False)
-        except (ValueError, RuntimeError) as err:
-            tail = " | ".join(ln.strip() for ln in "".join(lines).splitlines()[-4:])
-            raise ParityFailed(f"llama.cpp could not load {Path(path).name}: {err} ({tail})") from None
     try:
-        yield llm
+        llm = llamacpp.load(path, n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only)
+    except llamacpp.LoadFailed as err:
+        tail = " | ".join(ln.strip() for ln in err.log[-4:])
+        raise ParityFailed(f"llama.cpp could not load {Path(path).name}: {err} ({tail})") from None
+    try:
+        with llamacpp.capture_llama_log():
+            yield llm
     finally:
         llm.close()
 
