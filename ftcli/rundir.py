@@ -24,9 +24,8 @@ def prepare(output_dir: str | Path, overwrite: bool) -> Path:
     path = Path(output_dir)
     if path.exists() and any(path.iterdir()):
         if not overwrite:
-            raise BadInput(f"output_dir {path} already holds a run",
-                           hint="pass --overwrite to replace it, or choose another output_dir "
-                                "(the default runs/{name}-{timestamp} is new every time)")
+            raise BadInput(f"output_dir {path} already holds a run; pass --overwrite to replace it",
+                           hint="or choose another output_dir (runs/{name}-{timestamp} is new every time)")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -119,3 +119,13 @@ def test_malformed_set_is_rejected(tmp_path):
 def test_every_bundled_recipe_is_valid(name):
     loaded = recipe.load(REPO / "recipes" / name)
     assert loaded.model.name and loaded.dataset.path
+
+
+def test_every_recipe_key_is_documented():
+    """docs/recipes.md lists every field of every section, so the reference cannot fall behind."""
+    docs = (REPO / "docs" / "recipes.md").read_text()
+    for section_name, field in recipe.Recipe.model_fields.items():
+        assert f"`{section_name}`" in docs, section_name
+        section = recipe._section_class(recipe.Recipe, section_name)
+        for key in (section.model_fields if section else {}):
+            assert f"`{key}`" in docs, f"{section_name}.{key} is not in docs/recipes.md"
