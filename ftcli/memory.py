@@ -1,0 +1,145 @@
+"""Pre-flight estimate of peak GPU memory for a recipe, from the model config alone.
+
+peak ≈ weights + trainable state (LoRA or full weights: parameter, gradient, two Adam
+moments) + activations (all layers, or one checkpoint per layer plus one layer being
+recomputed) + the loss head + a fixed CUDA workspace. The activation coefficients are
+counts of the tensors a Hugging Face decoder layer saves for backward; docs/memory.md
+records how close the estimate came to measured peaks on an H200.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GiB = 1024**3
+WORKSPACE_BYTES = 1.0 * GiB      # CUDA context, cuBLAS workspace, allocator slack
+NF4_BYTES_PER_PARAM = 0.5 + 0.03  # 4-bit values, plus double-quantised absmax per 64-block
+LOSS_TILE_TOKENS = 4096           # TRL's fused LM head scores this many tokens at a time (upper bound)
+
+
+@dataclass
+class Shape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, config) -> "Shape":
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        heads = text.num_attention_heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        return cls(hidden=text.hidden_size, intermediate=text.intermediate_size, layers=text.num_hidden_layers,
+                   heads=heads, kv_heads=getattr(text, "num_key_value_heads", None) or heads, head_dim=head_dim,
+                   vocab=text.vocab_size, tied=bool(getattr(text, "tie_word_embeddings", False)))
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each projection of one decoder layer."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        h, i = self.hidden, self.intermediate
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def layer_params(self) -> int:
+        return sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden
+
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+
+@dataclass
+class Estimate:
+    weights: float
+    trainable_state: float
+    activations: float
+    loss_head: float
+    workspace: float
+    trainable_params: int
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.trainable_state + self.activations + self.loss_head + self.workspace
+
+    def rows(self) -> list[tuple[str, float]]:
+        return [("weights", self.weights), ("trainable state (param, grad, Adam)", self.trainable_state),
+                ("activations", self.activations), ("loss head", self.loss_head),
+                ("CUDA workspace", self.workspace), ("total", self.total)]
+
+
+def lora_params(shape: Shape, r: int, targets) -> int:
+    names = shape.linear_shapes()
+    chosen = names if targets == "all-linear" else {k: v for k, v in names.items() if k in set(targets)}
+    return shape.layers * sum(r * (a + b) for a, b in chosen.values())
+
+
+def activation_bytes_per_token_layer(shape: Shape, dtype_bytes: int) -> float:
+    """Tensors one decoder layer keeps for backward, per token.
+
+    Residual in/out and the two norm outputs (4h), q/k/v before and after RoPE and the
+    attention output (2q + 4kv + q), the MLP's gate, up, activation and product (4i), and
+    the fp32 copies the RMSNorms save (2 norms x 2h x 4 bytes).
+    """
+    h, i = shape.hidden, shape.intermediate
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    return dtype_bytes * (4 * h + 3 * q + 4 * kv + 4 * i) + 2 * 2 * h * 4
+
+
+def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_in_4bit: bool = False,
+             lora_r: int | None = 16, lora_targets="all-linear", gradient_checkpointing: bool = True) -> Estimate:
+    tokens = batch * seq
+    layer_weights = shape.layers * shape.layer_params()
+    embed = shape.embedding_params()
+    if load_in_4bit:
+        weights = layer_weights * NF4_BYTES_PER_PARAM + embed * dtype_bytes
+    else:
+        weights = (layer_weights + embed) * dtype_bytes
+    if lora_r is None:  # full finetune: gradients in the weights' dtype, Adam moments in fp32
+        trainable = layer_weights + embed
+        state = trainable * (dtype_bytes + 8)
+    else:  # LoRA weights, gradients and both Adam moments in fp32
+        trainable = lora_params(shape, lora_r, lora_targets)
+        state = trainable * 16
+    per_layer = activation_bytes_per_token_layer(shape, dtype_bytes) * tokens
+    if gradient_checkpointing:  # one saved hidden state per layer, plus one layer recomputed
+        activations = shape.layers * tokens * shape.hidden * dtype_bytes + per_layer
+    else:
+        activations = shape.layers * per_layer
+    # Final norm output and its gradient, plus one tile of fp32 logits and their gradient.
+    loss_head = 2 * tokens * shape.hidden * dtype_bytes + 2 * min(tokens, LOSS_TILE_TOKENS) * shape.vocab * 4
+    return Estimate(weights=weights, trainable_state=state, activations=activations, loss_head=loss_head,
+                    workspace=WORKSPACE_BYTES, trainable_params=trainable)
+
+
+def for_recipe(recipe, config) -> Estimate:
+    """The estimate for a validated recipe and its model's config."""
+    dtype_bytes = {"float32": 4, "float64": 8}.get(recipe.model.dtype, 2)
+    return estimate(
+        Shape.from_config(config),
+        batch=recipe.train.per_device_train_batch_size,
+        seq=recipe.model.max_seq_length,
+        dtype_bytes=dtype_bytes,
+        load_in_4bit=recipe.model.load_in_4bit,
+        lora_r=recipe.lora.r if recipe.lora else None,
+        lora_targets=recipe.lora.target_modules if recipe.lora else "all-linear",
+        gradient_checkpointing=recipe.train.gradient_checkpointing,
+    )
+
+
+def advice(recipe) -> list[str]:
+    """Settings that make a run smaller, in the order they usually help most."""
+    tips = []
+    if not recipe.train.gradient_checkpointing:
+        tips.append("train.gradient_checkpointing: true")
+    if recipe.train.per_device_train_batch_size > 1:
+        tips.append(f"a smaller train.per_device_train_batch_size (now {recipe.train.per_device_train_batch_size}; "
+                    "raise gradient_accumulation_steps to keep the effective batch)")
+    tips.append(f"a shorter model.max_seq_length (now {recipe.model.max_seq_length})")
+    if recipe.lora is None:
+        tips.append("LoRA instead of a full finetune (add a lora: section)")
+    elif not recipe.model.load_in_4bit:
+        tips.append("model.load_in_4bit: true (QLoRA)")
+    return tips

@@ -1,0 +1,52 @@
+"""The memory pre-flight: parameter counts match real models, and each knob moves it the right way."""
+
+import pytest
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+from ftcli import builtin, memory, models
+from ftcli.recipe import LoraSection
+
+LLAMA_8B = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama3", "tiny-qwen3", "tiny-mistral"])
+def test_parameter_counts_match_the_real_model(name):
+    path = builtin.builtin_path(name)
+    shape = memory.Shape.from_config(AutoConfig.from_pretrained(path))
+    model = AutoModelForCausalLM.from_pretrained(path)
+    norms = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 1)
+    matrices = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2)
+    assert shape.layers * (shape.layer_params() - 2 * shape.hidden) + shape.embedding_params() == matrices
+    assert norms >= shape.layers * 2 * shape.hidden
+    lora = models.add_lora(model, LoraSection(r=8), gradient_checkpointing=False)
+    trainable, _ = models.trainable_parameters(lora)
+    assert memory.lora_params(shape, 8, "all-linear") == trainable
+
+
+def test_llama_8b_weights_are_about_15_gib_in_bf16():
+    shape = memory.Shape.from_config(LLAMA_8B)
+    est = memory.estimate(shape, batch=4, seq=2048)
+    assert 14.5 < est.weights / memory.GiB < 15.5  # 8.03e9 params x 2 bytes
+    assert est.trainable_params == 41_943_040     # the well-known r=16 all-linear count for Llama-3-8B
+
+
+def test_each_knob_moves_the_estimate_the_right_way():
+    shape = memory.Shape.from_config(LLAMA_8B)
+    base = memory.estimate(shape, batch=4, seq=2048)
+    assert memory.estimate(shape, batch=8, seq=2048).total > base.total
+    assert memory.estimate(shape, batch=4, seq=4096).total > base.total
+    assert memory.estimate(shape, batch=4, seq=2048, gradient_checkpointing=False).activations > 4 * base.activations
+    assert memory.estimate(shape, batch=4, seq=2048, load_in_4bit=True).weights < 0.4 * base.weights
+    full = memory.estimate(shape, batch=4, seq=2048, lora_r=None)
+    assert full.trainable_state > 4.5 * base.weights  # grads + fp32 Adam moments
+
+
+def test_advice_names_the_settings_that_help(tmp_path):
+    from ftcli import recipe
+    from support import write_recipe
+
+    loaded = recipe.load(write_recipe(tmp_path / "r.yaml", train={"gradient_checkpointing": False}))
+    tips = " ".join(memory.advice(loaded))
+    assert "gradient_checkpointing" in tips and "per_device_train_batch_size" in tips
+    assert "max_seq_length" in tips and "load_in_4bit" in tips
