@@ -136,6 +136,42 @@ def _with_system(messages: list[dict], system: str | None) -> list[dict]:
     return messages
 
 
+def preference_row(row: dict) -> dict:
+    """Explicit {prompt, chosen, rejected} rows pass through (checked); implicit rows, two whole
+    conversations that share a prefix, are split into the shared prompt and the two replies."""
+    if "chosen" not in row or "rejected" not in row:
+        raise ValueError("a preference row needs `chosen` and `rejected`")
+    chosen, rejected = row["chosen"], row["rejected"]
+    for key, value in (("chosen", chosen), ("rejected", rejected)):
+        if isinstance(value, list):
+            _messages(value, key)
+        elif not isinstance(value, str) or not value.strip():
+            raise ValueError(f"column {key!r} must be a non-empty string or a list of messages")
+    prompt = row.get("prompt")
+    if prompt is not None:
+        if isinstance(prompt, list):
+            _messages(prompt, "prompt")
+        elif not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("column 'prompt' must be a non-empty string or a list of messages")
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    if not (isinstance(chosen, list) and isinstance(rejected, list)):
+        raise ValueError("without a `prompt` column, `chosen` and `rejected` must be whole conversations "
+                         "(lists of messages) that share their opening turns")
+    chosen, rejected = _messages(chosen, "chosen"), _messages(rejected, "rejected")
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    while shared and chosen[shared - 1]["role"] == "assistant":
+        shared -= 1  # the prompt ends on a user (or system) turn; the replies start at an assistant turn
+    if shared == 0:
+        raise ValueError("`chosen` and `rejected` share no opening turns to use as the prompt")
+    if shared == len(chosen) or shared == len(rejected):
+        raise ValueError("`chosen` and `rejected` must each continue the shared prompt with a reply")
+    if chosen[shared:] == rejected[shared:]:
+        raise ValueError("`chosen` and `rejected` are the same conversation")
+    return {"prompt": chosen[:shared], "chosen": chosen[shared:], "rejected": rejected[shared:]}
+
+
 def to_standard(row: dict, fmt: str, system: str | None = None) -> dict:
     """One raw row -> {"messages"} | {"text"} | {"prompt", "chosen", "rejected"} | {"prompt", ...}.
 
@@ -159,7 +195,7 @@ def to_standard(row: dict, fmt: str, system: str | None = None) -> dict:
     elif fmt == "text":
         return {"text": _text(row, "text")}
     elif fmt == "preference":
-        return {key: row[key] for key in ("prompt", "chosen", "rejected") if key in row}
+        return preference_row(row)
     elif fmt == "prompt":
         return dict(row)
     else:

@@ -19,7 +19,7 @@ from ftcli import chat, data, models, rundir
 from ftcli.errors import BadInput, TrainingFailed
 from ftcli.recipe import Recipe, to_yaml
 
-NOT_YET = {"dpo": "DPO", "grpo": "GRPO"}
+NOT_YET: dict[str, str] = {}  # stages this build refuses (all of sft, dpo and grpo are supported)
 EXPORTS_NOW = {"safetensors", "adapter"}
 
 
@@ -66,6 +66,10 @@ def report_targets() -> list[str]:
 def sample_conversation(rows: list[dict]) -> list[dict] | None:
     """The first row's conversation up to its first assistant reply, to show what the model learnt."""
     for row in rows:
+        if row.get("prompt") and "messages" not in row:  # preference and prompt rows (DPO, GRPO)
+            from ftcli.stages.common import as_messages
+
+            return as_messages(row["prompt"], "user")
         messages = row.get("messages")
         if messages:
             first_assistant = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
@@ -102,17 +106,25 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False,
     rows, fmt, report = data.read_rows(recipe.dataset)
     train_rows, eval_rows = data.split_eval(rows, recipe.dataset.eval_fraction, recipe.train.seed)
     length = recipe.model.max_seq_length
-    train_set = data.build_sft(train_rows, template, tokenizer, recipe.template.train_on, length, report)
-    eval_set = data.build_sft(eval_rows, template, tokenizer, recipe.template.train_on, length, report) if eval_rows else None
+    train_set, eval_set = build_datasets(recipe, train_rows, eval_rows, template, tokenizer, report)
+    reward_funcs = None
+    if recipe.train.stage == "grpo":  # every reward is checked against the data before any training
+        from ftcli.stages import grpo
+
+        reward_funcs = grpo.build_rewards(recipe, train_set)
     report.train_rows, report.eval_rows = len(train_set), len(eval_set) if eval_set is not None else 0
     result.data_report = asdict(report)
     log(f"dataset: {report.train_rows} train / {report.eval_rows} eval rows ({fmt}); "
         f"{report.rows_skipped} skipped, {report.rows_truncated} truncated to {length} tokens")
 
-    model = models.add_lora(model, recipe.lora, recipe.train.gradient_checkpointing)
+    if recipe.model.adapter is not None:
+        model = continue_adapter(model, recipe.model.adapter, recipe.train.gradient_checkpointing)
+        log(f"continuing the LoRA adapter in {recipe.model.adapter}")
+    else:
+        model = models.add_lora(model, recipe.lora, recipe.train.gradient_checkpointing)
     result.trainable_params, result.total_params = models.trainable_parameters(model)
 
-    tokens_per_step = sum(len(ids) for ids in train_set["input_ids"]) / max(1, len(train_set))
+    tokens_per_step = mean_tokens(train_set)
     t = recipe.train
     facts.update({
         "dataset": {"format": fmt, "fingerprint": report.fingerprint, "train_rows": report.train_rows,
@@ -128,14 +140,9 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False,
         return result
     write_manifest(run_dir, recipe, facts)
 
-    from ftcli.stages import sft
-
     metrics_path = run_dir / "metrics.jsonl"
-    trainer = sft.build_trainer(
-        recipe, model, tokenizer, train_set, eval_set, str(run_dir / "checkpoints"),
-        precision_flags(models.pick_dtype(recipe.model)), report_targets(),
-        [rundir.MetricsFile(metrics_path), *(callbacks or [])],
-    )
+    trainer, stage = build_trainer(recipe, model, tokenizer, template, train_set, eval_set, run_dir,
+                                   [rundir.MetricsFile(metrics_path), *(callbacks or [])], reward_funcs, log)
     try:
         trainer.train()
         if eval_set is not None:
@@ -144,6 +151,8 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False,
         raise TrainingFailed("out of memory during training",
                              hint="lower train.per_device_train_batch_size or model.max_seq_length, "
                                   "turn on train.gradient_checkpointing, or use model.load_in_4bit") from None
+    if hasattr(stage, "finish"):
+        stage.finish(trainer)
     result.metrics = rundir.read_metrics(metrics_path)
     losses = [m["loss"] for m in result.metrics if "loss" in m]
     if losses and not all(torch.isfinite(torch.tensor(losses))):
@@ -168,10 +177,74 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False,
     return result
 
 
+def build_datasets(recipe: Recipe, train_rows: list, eval_rows: list, template, tokenizer, report):
+    """The stage's train (and eval) datasets: SFT ids/labels, DPO pairs, or GRPO rendered prompts."""
+    stage = recipe.train.stage
+    if stage == "sft":
+        length = recipe.model.max_seq_length
+        build = lambda rows: data.build_sft(rows, template, tokenizer, recipe.template.train_on, length, report)  # noqa: E731
+    else:
+        from ftcli.stages import dpo, grpo
+
+        module = dpo if stage == "dpo" else grpo
+        build = lambda rows: module.build_dataset(rows, template, tokenizer, recipe, report)  # noqa: E731
+    return build(train_rows), (build(eval_rows) if eval_rows else None)
+
+
+def mean_tokens(dataset) -> float:
+    """Mean tokens per training sequence (a DPO pair counts its prompt and chosen reply)."""
+    columns = dataset.column_names
+    if "input_ids" in columns:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+    elif "prompt_ids" in columns:
+        lengths = [len(p) + len(c) for p, c in zip(dataset["prompt_ids"], dataset["chosen_ids"])]
+    else:
+        return 0.0  # GRPO: completions are generated during training
+    return sum(lengths) / max(1, len(lengths))
+
+
+def continue_adapter(model, path: str, gradient_checkpointing: bool):
+    """Load a LoRA adapter saved by an earlier run (e.g. runs/sft/adapter), trainable, on the base model."""
+    from peft import PeftModel
+
+    folder = Path(path)
+    if not (folder / "adapter_config.json").is_file():
+        raise BadInput(f"model.adapter {path!r}: no adapter_config.json there",
+                       hint="point it at the adapter/ folder of a finished LoRA run, e.g. runs/sft-.../adapter")
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if getattr(model, "is_loaded_in_4bit", False):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise BadInput(f"model.adapter {path!r} does not fit model.name: {str(err).splitlines()[0]}",
+                       hint="use the same base model the adapter was trained on") from None
+
+
+def build_trainer(recipe: Recipe, model, tokenizer, template, train_set, eval_set, run_dir: Path, callbacks: list,
+                  reward_funcs, log):
+    """The stage's TRL trainer, and the stage module (its `finish` runs after training)."""
+    from ftcli.stages import dpo, grpo, sft
+
+    common = dict(checkpoints_dir=str(run_dir / "checkpoints"), report_to=report_targets(), callbacks=callbacks,
+                  precision=precision_flags(models.pick_dtype(recipe.model)))
+    if recipe.train.stage == "dpo":
+        return dpo.build_trainer(recipe, model, tokenizer, train_set, eval_set, log=log, **common), dpo
+    if recipe.train.stage == "grpo":
+        return grpo.build_trainer(recipe, model, tokenizer, template, train_set, eval_set,
+                                  reward_funcs=reward_funcs, log=log, **common), grpo
+    return sft.build_trainer(recipe, model, tokenizer, train_set, eval_set, **common), sft
+
+
 def save_outputs(recipe: Recipe, model, tokenizer, template, result: RunResult) -> None:
     """adapter/ for LoRA (model/ for a full finetune), and merged/ when export.formats asks for it."""
     run_dir = result.run_dir
-    if recipe.lora is not None:
+    if recipe.lora is not None or recipe.model.adapter is not None:
         with rundir.atomic_dir(run_dir / "adapter") as tmp:
             model.save_pretrained(tmp)
             tokenizer.chat_template = template.source
@@ -184,7 +257,7 @@ def save_outputs(recipe: Recipe, model, tokenizer, template, result: RunResult) 
     if "safetensors" in recipe.export.formats:
         from ftcli.export.merge import merge_adapter, save_merged
 
-        if recipe.lora is None:
+        if recipe.lora is None and recipe.model.adapter is None:
             merged = model
         else:
             merged = merge_adapter(recipe.model.name, result.adapter_dir, models.pick_dtype(recipe.model),

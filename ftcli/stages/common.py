@@ -1,0 +1,59 @@
+"""What the DPO and GRPO stages share: trainer arguments from the recipe, and prompt messages."""
+
+from __future__ import annotations
+
+from ftcli.recipe import Recipe
+
+
+def trainer_kwargs(recipe: Recipe, checkpoints_dir: str, precision: dict, has_eval: bool,
+                   report_to: list[str]) -> dict:
+    """Arguments every TRL config takes, with the names TRL uses (the recipe follows them)."""
+    t = recipe.train
+    kwargs = dict(
+        output_dir=checkpoints_dir,
+        max_steps=t.max_steps,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5 reads a float in [0, 1) as a ratio of total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        # models.add_lora switches checkpointing on before PEFT wraps the model; TRL must not do it again,
+        # but when it toggles checkpointing around generation it re-enables it with these arguments.
+        gradient_checkpointing=False,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        report_to=report_to,
+        disable_tqdm=True,  # cli.py draws its own progress bar
+        logging_first_step=True,
+        **precision,
+    )
+    if "use_cpu" in precision:
+        # TRL's configs default to bf16 autocast; on the CPU the weights' own dtype is used, as in SFT.
+        kwargs.update(bf16=False, fp16=False)
+    if has_eval:
+        kwargs.update(eval_strategy="steps" if t.eval_steps else "no", eval_steps=t.eval_steps)
+    return kwargs
+
+
+def as_messages(value, role: str) -> list[dict]:
+    """A prompt or reply given as plain text becomes one message of `role`; message lists pass through."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def prompt_messages(value, system: str | None, template) -> list[dict]:
+    """The prompt as the template will see it: the recipe's system prompt added, folded when unsupported."""
+    from ftcli.data import _with_system, fold_system
+
+    messages = _with_system(as_messages(value, "user"), system)
+    return messages if template.supports_system else fold_system(messages)

@@ -1,0 +1,134 @@
+"""DPO stage: TRL's DPOTrainer on preference pairs tokenized here with the recipe's chat template.
+
+Rows come from data.read_rows as {prompt, chosen, rejected} (text or message lists; implicit
+pairs are already split at their shared prefix). Each pair is rendered with the same template
+and BOS rule as SFT (chat.encode), so the reply tokens DPO scores are exactly the tokens SFT
+trains: the assistant turn up to and including its end-of-turn token.
+
+The reference model: with LoRA it is the same network with the adapter switched off (TRL's
+PEFT path, no second copy of the weights); a continued adapter (model.adapter) is copied once
+as a frozen "ref" adapter, so the reference is the model you started from. With
+`precompute_ref_log_probs` the reference is scored once before training. TRL logs
+rewards/chosen, rewards/rejected, rewards/margins and rewards/accuracies at every logging step.
+"""
+
+from __future__ import annotations
+
+from transformers import PrinterCallback
+from trl import DPOConfig, DPOTrainer
+
+from ftcli import chat
+from ftcli.errors import DataError
+from ftcli.recipe import Recipe
+from ftcli.stages import logprobs
+from ftcli.stages.common import as_messages, prompt_messages, trainer_kwargs
+
+IGNORE = chat.IGNORE_INDEX
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_pair(row: dict, template, tokenizer, system: str | None = None) -> dict:
+    """{prompt_ids, chosen_ids, rejected_ids} for one preference row (no truncation)."""
+    prompt = prompt_messages(row["prompt"], system, template)
+    ids = chat.prompt_ids(template, prompt, tokenizer)
+    full = {}
+    for key in ("chosen", "rejected"):
+        reply = as_messages(row[key], "assistant")
+        if reply[0]["role"] != "assistant":
+            raise ValueError(f"`{key}` must start with an assistant turn")
+        enc = chat.encode(template, prompt + reply, tokenizer, train_on="assistant")
+        trained = [i for i, label in enumerate(enc["labels"]) if label != IGNORE]
+        full[key] = enc["input_ids"][: trained[-1] + 1] if trained else enc["input_ids"]
+    # The reply starts where the tokenized prompt and prompt+reply part (usually right after the prompt;
+    # earlier when tokens merge across the boundary).
+    cut = min(_common_prefix(ids, full["chosen"]), _common_prefix(ids, full["rejected"]))
+    pair = {"prompt_ids": full["chosen"][:cut], "chosen_ids": full["chosen"][cut:],
+            "rejected_ids": full["rejected"][cut:]}
+    if not pair["chosen_ids"] or not pair["rejected_ids"]:
+        raise ValueError("a reply has no tokens after the prompt")
+    return pair
+
+
+def build_dataset(rows: list[dict], template, tokenizer, recipe: Recipe, report):
+    """A datasets.Dataset of prompt_ids / chosen_ids / rejected_ids, truncated as the recipe says."""
+    import datasets
+
+    section, max_length = recipe.train.dpo, recipe.model.max_seq_length
+    encoded = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            pair = encode_pair(row, template, tokenizer, recipe.dataset.system_prompt)
+        except chat.ChatTemplateError as err:
+            raise DataError(f"preference pair {number}: the chat template {template.name!r} cannot render it: "
+                            f"{err.message}", hint=err.hint) from None
+        except ValueError as err:
+            raise DataError(f"preference pair {number}: {err}") from None
+        truncated = False
+        if section.max_prompt_length and len(pair["prompt_ids"]) > section.max_prompt_length:
+            pair["prompt_ids"] = pair["prompt_ids"][-section.max_prompt_length:]  # keep the latest turns
+            truncated = True
+        for key in ("chosen_ids", "rejected_ids"):
+            if section.max_completion_length and len(pair[key]) > section.max_completion_length:
+                pair[key] = pair[key][: section.max_completion_length]
+                truncated = True
+            if len(pair["prompt_ids"]) + len(pair[key]) > max_length:
+                truncated = True  # the collator keeps the first max_length tokens
+        if len(pair["prompt_ids"]) >= max_length:
+            report.rows_without_targets += 1  # no reply token would survive
+            continue
+        report.rows_truncated += int(truncated)
+        encoded.append(pair)
+    if not encoded:
+        raise DataError("no preference pair has a reply token left after templating and truncation",
+                        hint="raise model.max_seq_length or set train.dpo.max_prompt_length")
+    return datasets.Dataset.from_list(encoded)
+
+
+class FtcliDPOTrainer(DPOTrainer):
+    """DPOTrainer that takes our pre-tokenized pairs as they are."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "prompt_ids" in getattr(dataset, "column_names", []):
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+
+def trainer_args(recipe: Recipe, checkpoints_dir: str, precision: dict, has_eval: bool, report_to: list[str]):
+    d = recipe.train.dpo
+    losses = [d.loss_type] if isinstance(d.loss_type, str) else list(d.loss_type)
+    return DPOConfig(
+        **trainer_kwargs(recipe, checkpoints_dir, precision, has_eval, report_to),
+        max_length=recipe.model.max_seq_length,
+        beta=d.beta,
+        loss_type=losses,
+        loss_weights=d.loss_weights,
+        label_smoothing=d.label_smoothing,
+        precompute_ref_log_probs=d.precompute_ref_log_probs,
+    )
+
+
+def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset, checkpoints_dir: str,
+                  precision: dict, report_to: list[str], callbacks: list, log=lambda _: None):
+    args = trainer_args(recipe, checkpoints_dir, precision, eval_dataset is not None, report_to)
+    trainer = FtcliDPOTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                              processing_class=tokenizer, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)
+    reason = logprobs.install(trainer.model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    log("log-probs: ftcli fused kernel" if reason is None else f"log-probs: TRL's chunked fused head ({reason})")
+    return trainer
+
+
+def finish(trainer) -> None:
+    """Drop TRL's frozen "ref" adapter (a continued adapter's copy) so only the trained one is saved."""
+    model = trainer.model
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
+    logprobs.uninstall(model)
