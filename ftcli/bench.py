@@ -1,0 +1,262 @@
+"""`ftcli bench`: the same LoRA training step, measured side by side in one invocation.
+
+For each shape a random-init checkpoint is written once (seeded) and every mode loads it in
+its own process, so patches and compile caches never leak between modes. Every mode trains
+on identical token ids with the same LoRA targets, rank, dtype and optimizer, and reports
+tokens/s, peak memory, MFU, and its first-step loss and LoRA gradient norm, which must
+match plain Hugging Face's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MODES = ("hf", "liger", "unsloth", "ftcli")
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PEAK_BF16_FLOPS = 989e12  # H100/H200 dense bf16 datasheet peak (research/kernels.md §1.2)
+
+# Real architectures' shapes (random weights): name -> (config class, model type for Liger, config kwargs).
+SHAPES: dict[str, tuple[str, str, dict]] = {
+    "llama3-8b": ("LlamaConfig", "llama", dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128256, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        max_position_embeddings=131072,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=8192))),
+    "llama3.2-1b": ("LlamaConfig", "llama", dict(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128256, rms_norm_eps=1e-5, tie_word_embeddings=True,
+        max_position_embeddings=131072,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=8192))),
+    "qwen3-8b": ("Qwen3Config", "qwen3", dict(
+        hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, vocab_size=151936, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        max_position_embeddings=40960, rope_parameters=dict(rope_type="default", rope_theta=1000000.0))),
+    "gemma3-4b": ("Gemma3TextConfig", "gemma3_text", dict(
+        hidden_size=2560, intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+        num_key_value_heads=4, head_dim=256, vocab_size=262208, rms_norm_eps=1e-6, query_pre_attn_scalar=256,
+        sliding_window=1024, tie_word_embeddings=True, max_position_embeddings=131072,
+        final_logit_softcapping=None, attn_logit_softcapping=None,
+        layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 5 + ["sliding_attention"] * 4)),
+}
+TOKENIZER_FAMILY = {"llama": "tiny-llama3", "qwen3": "tiny-qwen3", "gemma3_text": "tiny-gemma3"}
+
+
+@dataclass
+class ModeResult:
+    arch: str
+    mode: str
+    ok: bool = True
+    error: str | None = None
+    seq: int = 0
+    batch: int = 0
+    steps: int = 0
+    trainable_params: int = 0
+    step_seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    peak_gib: float = 0.0
+    mfu: float = 0.0
+    first_loss: float = float("nan")
+    first_grad_norm: float = float("nan")
+    step_times: list[float] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- shapes and FLOPs
+
+
+def make_config(arch: str):
+    import transformers
+
+    class_name, _, kwargs = SHAPES[arch]
+    return getattr(transformers, class_name)(**kwargs)
+
+
+def flops_per_token(config, seq: int, lora_params: int) -> float:
+    """Model FLOPs per token of a LoRA step: 4N + 6·L·d_attn·T + 6·N_lora (research/kernels.md §1.2)."""
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    q, kv = heads * head_dim, config.num_key_value_heads * head_dim
+    block = layers * (h * q + 2 * h * kv + q * h + 3 * h * i)
+    matmul_params = block + config.vocab_size * h
+    return 4 * matmul_params + 6 * layers * q * seq + 6 * lora_params
+
+
+def checkpoint_dir(root: Path, arch: str) -> Path:
+    """Write the seeded random-init checkpoint of `arch` once; every mode loads this folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftcli.builtin import builtin_path
+
+    folder = root / arch
+    if (folder / "done").exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    config = make_config(arch)
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(builtin_path(TOKENIZER_FAMILY[SHAPES[arch][1]]))
+    tokenizer.save_pretrained(folder)
+    (folder / "done").write_text("ok")
+    del model
+    return folder
+
+
+# --------------------------------------------------------------------------- one mode, in its own process
+
+
+def _load(mode: str, folder: Path, model_type: str, gc: bool, r: int):
+    import torch
+
+    if mode == "unsloth":
+        os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+        from unsloth import FastLanguageModel  # must come before transformers is used
+
+        model, _ = FastLanguageModel.from_pretrained(str(folder), dtype=torch.bfloat16, load_in_4bit=False,
+                                                     local_files_only=True, max_seq_length=1 << 20)
+        torch.manual_seed(1)
+        return FastLanguageModel.get_peft_model(model, r=r, lora_alpha=r, lora_dropout=0, target_modules=TARGETS,
+                                                use_gradient_checkpointing="unsloth" if gc else False)
+    if mode == "liger":
+        from liger_kernel.transformers.monkey_patch import _apply_liger_kernel
+
+        _apply_liger_kernel(model_type)
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="sdpa",
+                                                 device_map="cuda")
+    if gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    torch.manual_seed(1)
+    model = get_peft_model(model, LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, target_modules=TARGETS,
+                                             task_type="CAUSAL_LM"))
+    if mode == "ftcli":
+        from ftcli import patch
+
+        patch.apply(model, "auto")
+    return model
+
+
+def run_mode(arch: str, mode: str, folder: Path, seq: int, batch: int, steps: int, r: int, gc: bool) -> ModeResult:
+    import torch
+
+    result = ModeResult(arch=arch, mode=mode, seq=seq, batch=batch, steps=steps)
+    model = _load(mode, folder, SHAPES[arch][1], gc, r)
+    result.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(123)).cuda()
+    torch.cuda.synchronize()
+    for step in range(steps):
+        start = time.perf_counter()
+        out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
+        if step == 0:
+            grads = [p.grad.float().norm() for p in model.parameters() if p.requires_grad and p.grad is not None]
+            result.first_loss = out.loss.item()
+            result.first_grad_norm = torch.stack(grads).norm().item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        result.step_times.append(time.perf_counter() - start)
+    measured = result.step_times[2:] or result.step_times
+    result.step_seconds = statistics.median(measured)
+    result.tokens_per_second = batch * seq / result.step_seconds
+    result.peak_gib = torch.cuda.max_memory_allocated() / 1024**3
+    lora = result.trainable_params
+    result.mfu = result.tokens_per_second * flops_per_token(make_config(arch), seq, lora) / PEAK_BF16_FLOPS
+    return result
+
+
+def worker_main(argv: list[str]) -> int:
+    """Entry of the per-mode subprocess: run one mode, print one JSON line."""
+    spec = json.loads(argv[0])
+    try:
+        result = run_mode(spec["arch"], spec["mode"], Path(spec["folder"]), spec["seq"], spec["batch"],
+                          spec["steps"], spec["r"], spec["gc"])
+    except Exception as err:  # reported as a failed mode, never a crash of the whole bench
+        oom = "out of memory" in str(err).lower()
+        result = ModeResult(arch=spec["arch"], mode=spec["mode"], ok=False, seq=spec["seq"], batch=spec["batch"],
+                            error=("OOM: " if oom else "") + f"{type(err).__name__}: {str(err).splitlines()[0][:300]}")
+    print("FTCLI_BENCH_RESULT " + json.dumps(asdict(result)), flush=True)
+    return 0
+
+
+def run_in_subprocess(spec: dict, timeout: float) -> ModeResult:
+    cmd = [sys.executable, "-m", "ftcli.bench", json.dumps(spec)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return ModeResult(arch=spec["arch"], mode=spec["mode"], ok=False, error=f"timed out after {timeout:.0f} s")
+    for line in out.stdout.splitlines():
+        if line.startswith("FTCLI_BENCH_RESULT "):
+            return ModeResult(**json.loads(line.split(" ", 1)[1]))
+    tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
+    return ModeResult(arch=spec["arch"], mode=spec["mode"], ok=False, error=" | ".join(tail)[:500])
+
+
+def available_modes(modes: list[str]) -> tuple[list[str], list[str]]:
+    """Modes whose packages are installed, and notices for the others."""
+    import importlib.util
+
+    needs = {"liger": "liger_kernel", "unsloth": "unsloth"}
+    keep, notes = [], []
+    for mode in modes:
+        package = needs.get(mode)
+        if package and importlib.util.find_spec(package) is None:
+            notes.append(f"{mode}: skipped ({package} is not installed)")
+        else:
+            keep.append(mode)
+    return keep, notes
+
+
+def compare(results: list[ModeResult]) -> list[str]:
+    """Problems when ftcli's first step differs from plain HF's (loss > 1%, grad norm > 5%)."""
+    by_mode = {r.mode: r for r in results if r.ok}
+    hf, ours = by_mode.get("hf"), by_mode.get("ftcli")
+    if not hf or not ours:
+        return []
+    problems = []
+    loss_diff = abs(ours.first_loss - hf.first_loss) / abs(hf.first_loss)
+    grad_diff = abs(ours.first_grad_norm - hf.first_grad_norm) / max(hf.first_grad_norm, 1e-12)
+    if not loss_diff <= 0.01:
+        problems.append(f"{ours.arch}: ftcli first-step loss {ours.first_loss:.5f} vs HF {hf.first_loss:.5f} "
+                        f"({loss_diff:.2%} > 1%)")
+    if not grad_diff <= 0.05:
+        problems.append(f"{ours.arch}: ftcli first-step grad norm {ours.first_grad_norm:.5f} vs HF "
+                        f"{hf.first_grad_norm:.5f} ({grad_diff:.2%} > 5%)")
+    return problems
+
+
+def max_seq(arch: str, mode: str, folder: Path, r: int, start: int, limit: int, timeout: float) -> list[ModeResult]:
+    """Double the batch-1 sequence from `start` until a step fails; every attempt is returned."""
+    attempts, seq = [], start
+    while seq <= limit:
+        spec = dict(arch=arch, mode=mode, folder=str(folder), seq=seq, batch=1, steps=2, r=r, gc=True)
+        result = run_in_subprocess(spec, timeout)
+        attempts.append(result)
+        if not result.ok:
+            break
+        seq *= 2
+    return attempts
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1:]))

@@ -1,0 +1,39 @@
+"""`ftcli bench` bookkeeping that does not need a GPU: FLOPs, shapes, the loss/grad check."""
+
+import pytest
+
+from ftcli import bench
+
+
+def test_llama_8b_lora_flops_per_token_match_the_research_table():
+    config = bench.make_config("llama3-8b")
+    # research/kernels.md §1.2: 31.6 GFLOP/token at T=2048 with N_lora = 41.9M.
+    assert bench.flops_per_token(config, 2048, 41_943_040) / 1e9 == pytest.approx(31.6, abs=0.1)
+    assert bench.flops_per_token(config, 8192, 41_943_040) / 1e9 == pytest.approx(36.5, abs=0.1)
+
+
+@pytest.mark.parametrize("arch", sorted(bench.SHAPES))
+def test_every_shape_builds_a_config(arch):
+    config = bench.make_config(arch)
+    assert config.num_hidden_layers > 10 and config.vocab_size > 100_000
+    if arch == "gemma3-4b":
+        assert len(config.layer_types) == config.num_hidden_layers
+
+
+def result(mode, loss, grad, ok=True):
+    return bench.ModeResult(arch="x", mode=mode, ok=ok, first_loss=loss, first_grad_norm=grad)
+
+
+def test_compare_flags_loss_and_grad_norm_differences():
+    assert bench.compare([result("hf", 12.0, 1.0), result("ftcli", 12.05, 1.04)]) == []
+    problems = bench.compare([result("hf", 12.0, 1.0), result("ftcli", 12.2, 1.0)])
+    assert len(problems) == 1 and "loss" in problems[0]
+    problems = bench.compare([result("hf", 12.0, 1.0), result("ftcli", 12.0, 1.1)])
+    assert len(problems) == 1 and "grad norm" in problems[0]
+    assert bench.compare([result("hf", 12.0, 1.0), result("ftcli", float("nan"), 1.0)])
+    assert bench.compare([result("hf", 12.0, 1.0, ok=False), result("ftcli", 1.0, 1.0)]) == []
+
+
+def test_peers_that_are_not_installed_are_skipped_with_a_notice():
+    keep, notes = bench.available_modes(["hf", "ftcli"])
+    assert keep == ["hf", "ftcli"] and notes == []
