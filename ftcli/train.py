@@ -20,7 +20,7 @@ from ftcli.errors import BadInput, TrainingFailed
 from ftcli.recipe import Recipe, to_yaml
 
 NOT_YET: dict[str, str] = {}  # stages this build refuses (all of sft, dpo and grpo are supported)
-EXPORTS_NOW = {"safetensors", "adapter"}
+EXPORTS_NOW = {"safetensors", "adapter", "gguf", "ollama"}
 
 
 @dataclass
@@ -47,6 +47,10 @@ def check_supported(recipe: Recipe) -> None:
     if later:
         raise BadInput(f"export.formats {later} are not yet supported by this version of ftcli",
                        hint=f"supported now: {sorted(EXPORTS_NOW)}; remove the others, e.g. --set 'export.formats=[]'")
+    if {"gguf", "ollama"} & set(recipe.export.formats):
+        from ftcli.export.run import check_export_ready
+
+        check_export_ready(recipe.export)  # unknown quant type or no llama-cpp-python: exit 2 before training
 
 
 def precision_flags(dtype: torch.dtype) -> dict:
@@ -263,3 +267,7 @@ def save_outputs(recipe: Recipe, model, tokenizer, template, result: RunResult) 
             merged = merge_adapter(recipe.model.name, result.adapter_dir, models.pick_dtype(recipe.model),
                                    recipe.model.trust_remote_code)
         result.merged_dir = save_merged(merged, tokenizer, template.source, run_dir / "merged")
+    if {"gguf", "ollama"} & set(recipe.export.formats):
+        from ftcli.export.run import export_after_training
+
+        export_after_training(run_dir, recipe.export)  # RUN_DIR/export/: GGUF files, Modelfile, export-report.json

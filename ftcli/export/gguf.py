@@ -142,6 +142,8 @@ def head_dim(config: dict) -> int:
 # ----------------------------------------------------------------------------- hyperparameters
 def _write_hparams(w, arch: str, config: dict, notes: list[str]) -> list[tuple[str, np.ndarray]]:
     """All {arch}.* keys; returns extra generated tensors (rope frequency factors)."""
+    import gguf
+
     rope = config["_rope"]
     n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     hd = head_dim(config)
@@ -189,10 +191,10 @@ def _write_hparams(w, arch: str, config: dict, notes: list[str]) -> list[tuple[s
     if kind == "llama3":
         extra.append(("rope_freqs.weight", _llama3_rope_factors(config)))
     elif kind == "linear":
-        w.add_rope_scaling_type("linear")
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(rope["factor"]))
     elif kind == "yarn":
-        w.add_rope_scaling_type("yarn")
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(float(rope["factor"]))
         w.add_rope_scaling_orig_ctx_len(int(rope.get("original_max_position_embeddings")
                                             or config["max_position_embeddings"] / rope["factor"]))

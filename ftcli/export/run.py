@@ -269,6 +269,29 @@ def export(target: Path, opts: ExportOptions, log: Callable[[str], None] = lambd
     return report
 
 
+def check_export_ready(section) -> None:
+    """Before training: the recipe's export section can be honoured (quant names, packages)."""
+    if {"gguf", "ollama"} & set(section.formats):
+        q.parse_quants(section.gguf_quant or ["q8_0"])
+        q.require_llama_cpp()
+        try:
+            import gguf  # noqa: F401
+        except ImportError:
+            from ftcli.errors import MissingPackage
+
+            raise MissingPackage("gguf", "export.formats: gguf", q.INSTALL) from None
+
+
+def export_after_training(run_dir: Path, section, log: Callable[[str], None] = lambda _: None) -> dict | None:
+    """The GGUF/Ollama part of a recipe's export section, at the end of `ftcli train` (merged/ and
+    adapter/ are the run's own), into RUN_DIR/export/."""
+    formats = set(section.formats)
+    if not {"gguf", "ollama"} & formats:
+        return None
+    opts = ExportOptions(gguf=q.parse_quants(section.gguf_quant or ["q8_0"]), ollama="ollama" in formats)
+    return export(Path(run_dir), opts, log)
+
+
 def _versions() -> dict:
     import importlib.metadata as md
 

@@ -80,7 +80,8 @@ def build_reference(model_dir: Path, template, threads: int | None = None) -> Re
     specials = [t for t in dict.fromkeys(tokenizer.all_special_tokens) if t]
     added = [a.content for a in tokenizer.added_tokens_decoder.values() if a.content not in specials]
     texts = [("plain", t) for t in PLAIN_TEXTS]
-    texts.append(("special", "Hi " + " ".join(specials + added[:8]) + " end" + (specials[-1] if specials else "")))
+    if specials:  # starts with a special token, so the SentencePiece start-of-text prefix is not in play
+        texts.append(("special", " ".join(specials + added[:8]) + " end" + specials[-1] + "x\n" + specials[0]))
     texts.append(("chat", rendered))
     texts.append(("chat", chat.render(template, conversation[:-1] if template.supports_system else
                                       conversation[:2], tokenizer)))

@@ -1,0 +1,112 @@
+"""Helpers for the export tests: fake run directories and tiny models of the other supported shapes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from ftcli import builtin, chat
+
+FAMILY = {"tiny-llama3": "llama3", "tiny-gemma3": "gemma3", "tiny-qwen3": "qwen3", "tiny-phi3": "phi3",
+          "tiny-mistral": "mistral"}
+
+
+def builtin_dir(name: str) -> Path:
+    return builtin.builtin_path(f"builtin:{name}")
+
+
+def template_of(name: str):
+    return chat.load_family(FAMILY[name])
+
+
+def write_manifest(root: Path, name: str, **model) -> None:
+    data = {"model": {"name": f"builtin:{name}", "dtype": "float32", "load_in_4bit": False, **model},
+            "template": {"name": FAMILY[name]}, "dataset": {"system_prompt": None},
+            "export": {"formats": [], "gguf_quant": ["q8_0"]}, "_run": {"status": "done"}}
+    (root / "recipe.resolved.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+
+
+def random_lora(model, seed: int = 0, r: int = 4):
+    """A LoRA on every linear layer with non-zero B, so merging changes the model."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
+                                                  task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return peft_model
+
+
+def make_lora_run(root: Path, name: str = "tiny-llama3", seed: int = 0) -> Path:
+    """A run directory as `ftcli train` leaves it for LoRA: adapter/ (with the training template) and the manifest."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(builtin_dir(name), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(builtin_dir(name))
+    random_lora(model, seed).save_pretrained(root / "adapter")
+    tokenizer.chat_template = template_of(name).source
+    tokenizer.save_pretrained(root / "adapter")
+    write_manifest(root, name)
+    return root
+
+
+def make_full_run(root: Path, name: str = "tiny-mistral") -> Path:
+    """A full-finetune run directory: model/ is a complete HF folder."""
+    from transformers import AutoTokenizer
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(builtin_dir(name), root / "model")
+    tokenizer = AutoTokenizer.from_pretrained(root / "model")
+    tokenizer.chat_template = template_of(name).source
+    tokenizer.save_pretrained(root / "model")
+    write_manifest(root, name)
+    return root
+
+
+def _randomize(model, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            p.copy_(1.0 + 0.1 * noise if p.dim() == 1 and "norm" in n else noise * (0.1 if p.dim() == 1 else 0.05))
+
+
+def other_shape(kind: str, out: Path) -> Path:
+    """Tiny models of supported shapes no builtin covers: Qwen2 (q/k/v biases), Phi-4-mini
+    (partial rotary, LongRoPE, tied), Llama with linear rope scaling (untied)."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    if kind == "qwen2":
+        tokenizer = AutoTokenizer.from_pretrained(builtin_dir("tiny-qwen3"))
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6,
+            max_position_embeddings=4096))
+    elif kind == "phi4-mini":
+        tokenizer = AutoTokenizer.from_pretrained(builtin_dir("tiny-qwen3"))
+        model = transformers.Phi3ForCausalLM(transformers.Phi3Config(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=8192,
+            original_max_position_embeddings=1024, partial_rotary_factor=0.75, pad_token_id=0, bos_token_id=0,
+            eos_token_id=0, rope_scaling={"type": "longrope", "long_factor": [1.0 + 0.1 * i for i in range(6)],
+                                          "short_factor": [1.0 + 0.05 * i for i in range(6)]}))
+    elif kind == "llama-linear-rope":
+        tokenizer = AutoTokenizer.from_pretrained(builtin_dir("tiny-llama3"))
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rope_scaling={"rope_type": "linear", "factor": 4.0},
+            rope_theta=10000.0, tie_word_embeddings=False))
+    else:
+        raise ValueError(kind)
+    _randomize(model)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
