@@ -202,7 +202,7 @@ def export_cmd(
 ) -> None:
     """Export a run: merged safetensors, GGUF (f16 … q4_k_m) and an Ollama Modelfile, each verified.
 
-    With no format option, the run recipe's export section is used (else GGUF q8_0 + Modelfile).
+    With no format option: GGUF (the recipe's export.gguf_quant, else q8_0) and a Modelfile.
     """
     from ftcli.export import quantize as quant
     from ftcli.export.run import ExportOptions, export

@@ -96,16 +96,10 @@ def resolve_source(target: Path) -> Source:
 
 
 def plan_formats(src: Source, opts: ExportOptions) -> ExportOptions:
-    """No format flag given: use the run recipe's export section, else GGUF (q8_0) and a Modelfile."""
-    if opts.safetensors or opts.gguf or opts.ollama or opts.adapter or opts.verify_only:
-        if opts.ollama and not opts.gguf:
-            opts.gguf = q.parse_quants(src.gguf_quant or ["q8_0"])
-        return opts
-    formats = src.formats or ["gguf", "ollama"]
-    opts.safetensors = "safetensors" in formats
-    opts.ollama = "ollama" in formats
-    opts.adapter = "adapter" in formats
-    if "gguf" in formats or opts.ollama:
+    """No format flag given: GGUF (the recipe's export.gguf_quant, else q8_0) and a Modelfile."""
+    if not (opts.safetensors or opts.gguf or opts.ollama or opts.adapter or opts.verify_only):
+        opts.ollama = True
+    if opts.ollama and not opts.gguf:
         opts.gguf = q.parse_quants(src.gguf_quant or ["q8_0"])
     return opts
 
