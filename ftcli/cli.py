@@ -194,6 +194,8 @@ def export_cmd(
                     help=f"GGUF quant types, comma-separated, e.g. q4_k_m,q8_0. Supported: {_QUANTS}.")] = None,
     ollama: Annotated[bool, typer.Option("--ollama", help="Write an Ollama Modelfile (implies --gguf q8_0 when no --gguf).")] = False,
     adapter: Annotated[bool, typer.Option("--adapter", help="Copy the PEFT adapter (adapter/).")] = False,
+    adapter_gguf: Annotated[bool, typer.Option("--adapter-gguf", help="Write the adapter as a LoRA GGUF "
+                                               "(adapter-lora.gguf) that llama.cpp applies to the base model's GGUF.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN_DIR/export).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export in the output folder.")] = False,
     verify_only: Annotated[bool, typer.Option("--verify-only", help="Re-check the GGUF files of an existing export.")] = False,
@@ -209,7 +211,8 @@ def export_cmd(
 
     try:
         opts = ExportOptions(safetensors=safetensors, gguf=quant.parse_quants(gguf) if gguf else [], ollama=ollama,
-                             adapter=adapter, out_dir=out, overwrite=overwrite, verify=not no_verify,
+                             adapter=adapter, adapter_gguf=adapter_gguf, out_dir=out, overwrite=overwrite,
+                             verify=not no_verify,
                              verify_only=verify_only, system=system)
         report = export(target, opts, log=lambda msg: console.print(f"[dim]·[/] {msg}", highlight=False))
     except FtcliError as err:

@@ -125,3 +125,15 @@ def test_train_with_gguf_and_ollama_in_the_recipe_exports_at_the_end(tmp_path):
     assert (out / "model-q8_0.gguf").is_file() and (out / "Modelfile").is_file()
     report = json.loads((out / "export-report.json").read_text())
     assert next(f for f in report["files"] if f["file"] == "model-f16.gguf")["parity"]["nmse"] < 1e-3
+
+
+@pytest.mark.parametrize("name", ["tiny-llama3", "tiny-phi3"])
+def test_adapter_as_a_lora_gguf_reproduces_the_merged_model_in_llama_cpp(tmp_path, name):
+    run = make_lora_run(tmp_path / "run", name, seed=6)
+    result = invoke("export", run, "--adapter-gguf", "--adapter")
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "export" / "export-report.json").read_text())
+    lora = next(f for f in report["files"] if f["file"] == "adapter-lora.gguf")
+    # base GGUF + LoRA in llama.cpp == merged HF model (q/k rows of B permuted for llama, fused qkv for phi3)
+    assert lora["parity"]["nmse"] < 1e-4 and lora["adapted_tensors"] > 0, lora
+    assert (run / "export" / "adapter" / "adapter_model.safetensors").is_file()

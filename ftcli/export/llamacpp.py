@@ -53,8 +53,8 @@ class LoadFailed(Exception):
 
 
 def load(path: Path, n_ctx: int = 512, logits_all: bool = False, vocab_only: bool = False,
-         threads: int | None = None):
-    """A llama_cpp.Llama on the CPU with plain weight buffers; llama.cpp's log is kept quiet."""
+         threads: int | None = None, lora: Path | None = None):
+    """A llama_cpp.Llama on the CPU with plain weight buffers (plus a LoRA GGUF); llama.cpp's log is kept quiet."""
     llama_cpp = require_llama_cpp()
     import llama_cpp.llama as llama_module
 
@@ -72,7 +72,7 @@ def load(path: Path, n_ctx: int = 512, logits_all: bool = False, vocab_only: boo
             try:
                 return llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only,
                                        n_gpu_layers=0, n_threads=threads or max(1, os.cpu_count() or 1),
-                                       verbose=False)
+                                       lora_path=str(lora) if lora else None, verbose=False)
             except (ValueError, RuntimeError) as err:
                 raise LoadFailed(str(err), "".join(lines).splitlines()) from None
     finally:

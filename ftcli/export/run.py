@@ -38,6 +38,7 @@ class ExportOptions:
     gguf: list[str] = field(default_factory=list)
     ollama: bool = False
     adapter: bool = False
+    adapter_gguf: bool = False       # the LoRA adapter as a GGUF LoRA that llama.cpp applies to the base GGUF
     out_dir: Path | None = None
     overwrite: bool = False
     verify: bool = True
@@ -97,7 +98,7 @@ def resolve_source(target: Path) -> Source:
 
 def plan_formats(src: Source, opts: ExportOptions) -> ExportOptions:
     """No format flag given: GGUF (the recipe's export.gguf_quant, else q8_0) and a Modelfile."""
-    if not (opts.safetensors or opts.gguf or opts.ollama or opts.adapter or opts.verify_only):
+    if not (opts.safetensors or opts.gguf or opts.ollama or opts.adapter or opts.adapter_gguf or opts.verify_only):
         opts.ollama = True
     if opts.ollama and not opts.gguf:
         opts.gguf = q.parse_quants(src.gguf_quant or ["q8_0"])
@@ -201,9 +202,11 @@ def export(target: Path, opts: ExportOptions, log: Callable[[str], None] = lambd
             from ftcli.errors import MissingPackage
 
             raise MissingPackage("gguf", "GGUF export", q.INSTALL) from None
-    if opts.adapter and src.adapter_dir is None:
-        raise BadInput("--adapter: this run has no adapter/ (a full finetune has no LoRA adapter)")
-    if not (opts.safetensors or opts.gguf or opts.adapter):
+    if (opts.adapter or opts.adapter_gguf) and src.adapter_dir is None:
+        raise BadInput("--adapter/--adapter-gguf: this run has no adapter/ (a full finetune has no LoRA adapter)")
+    if opts.adapter_gguf and not opts.gguf:
+        q.require_llama_cpp()
+    if not (opts.safetensors or opts.gguf or opts.adapter or opts.adapter_gguf):
         raise BadInput("nothing to export", hint="pass --safetensors, --gguf q8_0[,q4_k_m...], --ollama or --adapter")
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise BadInput(f"{out} already holds an export", hint="pass --overwrite to replace it, or --out DIR")
@@ -220,6 +223,7 @@ def export(target: Path, opts: ExportOptions, log: Callable[[str], None] = lambd
     from ftcli.rundir import atomic_dir
 
     with atomic_dir(out) as tmp:
+        tmp.chmod(0o755)
         template_holder: dict = {}
 
         def template_source(tokenizer):
@@ -247,8 +251,21 @@ def export(target: Path, opts: ExportOptions, log: Callable[[str], None] = lambd
                 modelfile = ollama.build_modelfile(f"model-{opts.gguf[0]}.gguf", template, tokenizer, strip_bos,
                                                    system=opts.system or src.system_prompt,
                                                    header=f"written by ftcli export from {src.root}")
+            refs: dict = {}
+
+            def reference():  # the HF model's logits, computed once for every file checked
+                if "ref" not in refs:
+                    from ftcli.export import verify
+
+                    log("computing reference logits with the Hugging Face model (float32)")
+                    refs["ref"] = verify.build_reference(model_dir, template)
+                return refs["ref"]
+
+            get_ref = reference if opts.verify else None
             if opts.gguf:
-                report.update(_write_ggufs(model_dir, tmp, base, opts, template, src.name, log))
+                report.update(_write_ggufs(model_dir, tmp, base, opts, template, src.name, log, get_ref))
+            if opts.adapter_gguf:
+                report["files"].append(_write_lora(src, tmp, template, log, get_ref))
             if modelfile is not None:
                 (tmp / "Modelfile").write_text(modelfile.text, encoding="utf-8")
                 report["files"].append({"file": "Modelfile", "format": "ollama", "from": f"model-{opts.gguf[0]}.gguf",
@@ -296,7 +313,33 @@ def _versions() -> dict:
     return out
 
 
-def _write_ggufs(model_dir: Path, tmp: Path, base: str, opts: ExportOptions, template, name: str, log) -> dict:
+def _write_lora(src: Source, tmp: Path, template, log, get_ref) -> dict:
+    """adapter-lora.gguf, checked by applying it in llama.cpp to a GGUF of the base and comparing
+    with the merged HF model."""
+    from ftcli.export import verify
+    from ftcli.export.gguf import write_gguf
+    from ftcli.export.lora_gguf import base_model_folder, write_lora_gguf
+
+    base_dir = base_model_folder(src.base_name)
+    path = tmp / "adapter-lora.gguf"
+    log(f"writing {path.name} (LoRA for llama.cpp)")
+    entry = {"format": "gguf-lora", **write_lora_gguf(src.adapter_dir, base_dir, path, name=src.name),
+             "bytes": path.stat().st_size, "base_model": src.base_name}
+    if get_ref is not None:
+        scratch = Path(tempfile.mkdtemp(prefix=".base-gguf-", dir=tmp.parent))
+        try:
+            log("verifying it on an f16 GGUF of the base model against the merged HF model")
+            base_gguf = write_gguf(base_dir, scratch / "base-f16.gguf", "f16").path
+            entry["parity"] = verify.compare_logits(get_ref(), base_gguf, lora=path)
+            entry["parity"]["applied_to"] = "f16 GGUF of the base model"
+            verify.check_base(entry["parity"], f"{path.name} on the base GGUF")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return entry
+
+
+def _write_ggufs(model_dir: Path, tmp: Path, base: str, opts: ExportOptions, template, name: str, log,
+                 get_ref) -> dict:
     from ftcli.export import verify
     from ftcli.export.gguf import write_gguf
 
@@ -307,10 +350,8 @@ def _write_ggufs(model_dir: Path, tmp: Path, base: str, opts: ExportOptions, tem
     result: dict = {"gguf": {"arch": info.arch, "tokenizer_model": info.tokenizer_model,
                              "tokenizer_pre": info.tokenizer_pre, "tied_embeddings": info.tied_embeddings,
                              "add_bos": info.add_bos, "vocab_size": info.vocab_size, "notes": info.notes}}
-    ref = None
-    if opts.verify:
-        log("computing reference logits with the Hugging Face model (float32)")
-        ref = verify.build_reference(model_dir, template)
+    ref = get_ref() if get_ref is not None else None
+    if ref is not None:
         result["tokenization"] = verify.compare_tokenization(ref, base_path)
     files = []
     for quant in [base] + [x for x in opts.gguf if x != base]:

@@ -89,11 +89,12 @@ def build_reference(model_dir: Path, template, threads: int | None = None) -> Re
 
 
 @contextlib.contextmanager
-def open_gguf(path: Path, n_ctx: int = 256, logits_all: bool = True, vocab_only: bool = False):
+def open_gguf(path: Path, n_ctx: int = 256, logits_all: bool = True, vocab_only: bool = False,
+              lora: Path | None = None):
     from ftcli.export import llamacpp
 
     try:
-        llm = llamacpp.load(path, n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only)
+        llm = llamacpp.load(path, n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only, lora=lora)
     except llamacpp.LoadFailed as err:
         tail = " | ".join(ln.strip() for ln in err.log[-4:])
         raise ParityFailed(f"llama.cpp could not load {Path(path).name}: {err} ({tail})") from None
@@ -110,10 +111,10 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def compare_logits(ref: Reference, path: Path) -> dict:
-    """Figures for one GGUF against the reference logits."""
+def compare_logits(ref: Reference, path: Path, lora: Path | None = None) -> dict:
+    """Figures for one GGUF (optionally with a LoRA GGUF applied) against the reference logits."""
     diffs, sq, var_sum, agree, total, kls = [], 0.0, 0.0, 0, 0, []
-    with open_gguf(path, n_ctx=max(256, max(len(s) for s in ref.samples))) as llm:
+    with open_gguf(path, n_ctx=max(256, max(len(s) for s in ref.samples)), lora=lora) as llm:
         for ids, hf in zip(ref.samples, ref.logits):
             llm.reset()
             llm.eval(ids)
