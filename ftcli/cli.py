@@ -87,18 +87,30 @@ def train(
     set_: SetOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Load the model and data, print the plan, train nothing.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in output_dir.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in output_dir.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes on this machine, one per GPU (CPU: gloo).")] = 1,
 ) -> None:
     """Finetune a model as the recipe says and write the run directory."""
+    from ftcli import distributed
     from ftcli import train as training
 
+    if not distributed.is_main():
+        console.quiet = True  # only rank 0 reports progress; every rank still reports its errors
     try:
         recipe = _load(recipe_path, set_)
+        if resume:
+            recipe = training.resolve_resume(recipe, recipe_path)
+        if nproc > 1 and distributed.world_size() == 1:
+            raise typer.Exit(_launch(recipe_path, set_ or [], recipe.output_dir, nproc,
+                                     dry_run=dry_run, overwrite=overwrite, resume=resume))
         _print_plan(recipe)
         with _progress() as progress:
-            result = training.run(recipe, overwrite=overwrite, dry_run=dry_run,
+            result = training.run(recipe, overwrite=overwrite, dry_run=dry_run, resume=resume,
                                   log=lambda msg: console.print(f"[dim]·[/] {msg}", highlight=False),
                                   callbacks=[progress])
     except FtcliError as err:
+        if distributed.world_size() > 1:
+            err.message = f"[rank {distributed.rank()}] {err.message}"
         fail(err)
     except KeyboardInterrupt:
         errors.print("interrupted", style="yellow")
@@ -108,6 +120,20 @@ def train(
                       f"{result.total_params:,} parameters; nothing was trained or written")
         return
     _print_result(result)
+
+
+def _launch(recipe_path: Path, overrides: list[str], output_dir: str, nproc: int, **flags) -> int:
+    """Re-run this command in `nproc` processes, all writing to the one output_dir resolved here."""
+    import json as _json
+
+    from ftcli import distributed
+
+    argv = ["train", str(recipe_path)]
+    for item in [*overrides, f"output_dir={_json.dumps(output_dir)}"]:
+        argv += ["--set", item]
+    argv += [f"--{name.replace('_', '-')}" for name, on in flags.items() if on]
+    console.print(f"launching {nproc} processes (torchrun)", markup=False)
+    return distributed.launch(nproc, argv, echo=lambda msg: errors.print(msg, markup=False))
 
 
 def _print_plan(recipe) -> None:
@@ -308,6 +334,78 @@ def _stream(session, messages: list[dict]) -> str:
     console.print()
     return "".join(pieces)
 # ----------------------------------------------------------------------------- end of export and chat
+
+
+# ----------------------------------------------------------------------------- doctor (issue 7)
+@app.command("doctor")
+def doctor_cmd(
+    target: Annotated[str, typer.Argument(help="A recipe (.yaml), a model folder, builtin:<name> or Hugging Face id, "
+                                                "a run directory, or a .gguf file.", show_default=False)],
+    json_out: Annotated[bool, typer.Option("--json", help="Print {target, findings: [{check, severity, message, "
+                                                         "fixable}]} as JSON.")] = False,
+    fix_dir: Annotated[Optional[Path], typer.Option("--fix", metavar="OUT_DIR",
+                       help="Write corrected tokenizer/config files (and embeddings when needed) into OUT_DIR; "
+                            "never in place.")] = None,
+    numerics: Annotated[bool, typer.Option("--numerics", help="TARGET is a recipe: check gradient accumulation, "
+                                                              "packed vs unpacked loss and patched kernels on a few samples.")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Find tokenizer, chat-template, config and embedding bugs. Exit 0: no errors, 1: errors, 2: could not run."""
+    import json as _json
+
+    from ftcli import doctor
+
+    try:
+        if numerics:
+            from ftcli.doctor import numerics as numeric_checks
+
+            report = numeric_checks.run(target, set_ or [])
+        else:
+            report = doctor.diagnose(target, fix_dir=str(fix_dir) if fix_dir else None, overrides=set_ or [])
+            if fix_dir is not None:
+                after = doctor.diagnose(str(fix_dir))
+                report.notes.append(f"re-checked {fix_dir}: {len(after.findings)} finding(s), "
+                                    f"{len(after.errors)} error(s)")
+    except FtcliError as err:
+        if json_out:
+            console.print(_json.dumps({"target": target, "error": err.message, "findings": []}), markup=False)
+            raise typer.Exit(2)
+        err.exit_code = 2  # the doctor could not run
+        fail(err)
+    except KeyboardInterrupt:
+        errors.print("interrupted", style="yellow")
+        raise typer.Exit(130)
+    code = (1 if after.errors else 0) if fix_dir is not None and not numerics else report.exit_code
+    if json_out:
+        console.print(_json.dumps(report.to_json(), ensure_ascii=False), markup=False, soft_wrap=True)
+        raise typer.Exit(code)
+    _print_doctor(report, fix_dir)
+    raise typer.Exit(code)
+
+
+def _print_doctor(report, fix_dir) -> None:
+    styles = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+    console.print(f"[bold]ftcli doctor[/] {report.target}", highlight=False)
+    for severity, findings in report.grouped():
+        table = Table(title=f"{severity}s ({len(findings)})", title_style=styles[severity], title_justify="left",
+                      show_header=True, header_style="dim", box=None, padding=(0, 1), expand=False)
+        table.add_column("check", style=styles[severity], no_wrap=True)
+        table.add_column("finding", overflow="fold", ratio=3)
+        table.add_column("fix", overflow="fold", ratio=2, style="dim")
+        for f in findings:
+            table.add_row(f.check, f.message, ("[--fix] " if f.fixable else "") + f.fix)
+        console.print(table)
+    for note in report.notes:
+        console.print(f"[dim]note: {note}[/]", highlight=False)
+    if fix_dir is not None:
+        console.print(f"[green]--fix[/] wrote {len(report.written)} file(s) to {fix_dir}; fixed: "
+                      f"{', '.join(report.fixed) or 'nothing'}", highlight=False)
+    counts = {s: len(f) for s, f in report.grouped()}
+    if not report.findings:
+        console.print("[bold green]no findings[/]")
+    else:
+        console.print(", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items()), highlight=False)
+# ----------------------------------------------------------------------------- end of doctor
 
 
 # --------------------------------------------------------------------------- ftcli bench

@@ -129,6 +129,20 @@ def for_recipe(recipe, config) -> Estimate:
     )
 
 
+def estimate_for(recipe) -> Estimate | None:
+    """The estimate for a recipe, reading only the model's config; None when the config cannot be read."""
+    from transformers import AutoConfig
+
+    from ftcli.models import resolve_name
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_name(recipe.model.name),
+                                            trust_remote_code=recipe.model.trust_remote_code)
+        return for_recipe(recipe, config)
+    except Exception:  # offline hub id, unusual config: the run itself will say what is wrong
+        return None
+
+
 def advice(recipe) -> list[str]:
     """Settings that make a run smaller, in the order they usually help most."""
     tips = []

@@ -43,6 +43,9 @@ class ModelSection(Section):
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     adapter: str | None = Field(None, description="a LoRA adapter folder to keep training, e.g. runs/sft/adapter "
                                 "(SFT -> DPO -> GRPO); its own rank and targets are used")
+    doctor: Literal["fix", "warn", "off"] = Field(
+        "fix", description="ftcli doctor at training start: fix = apply safe fixes in memory and stop on other "
+                           "errors; warn = only report; off = skip")
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -192,6 +195,8 @@ class TrainSection(Section):
     seed: int = 42
     logging_steps: int = Field(1, gt=0)
     save_steps: int | None = Field(None, gt=0, description="None = save only at the end")
+    save_total_limit: int | None = Field(None, gt=0, description="keep only the newest N checkpoints")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="how several processes share the work")
     eval_steps: int | None = Field(None, gt=0, description="None = evaluate at the end when there is an eval split")
     dpo: DpoSection = Field(default_factory=DpoSection)
     grpo: GrpoSection = Field(default_factory=GrpoSection)
@@ -266,6 +271,10 @@ class Recipe(Section):
                                  f"({grpo.num_generations}): each step trains on whole groups of completions"))
         if self.train.max_steps == 0 or self.train.max_steps < -1:
             problems.append(("train.max_steps", "must be a positive number of steps, or -1 to run num_train_epochs"))
+        if self.train.distributed == "fsdp" and self.model.load_in_4bit:
+            problems.append(("train.distributed", "QLoRA under FSDP is not supported: bitsandbytes 4-bit weights "
+                             "cannot be sharded here; use train.distributed: ddp (each GPU holds the small 4-bit "
+                             "base) or drop model.load_in_4bit"))
         if problems:
             # Raised as ValueError so pydantic reports it like any other field error.
             raise ValueError(" | ".join(f"[{path}] {msg}" for path, msg in problems))

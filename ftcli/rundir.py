@@ -24,7 +24,8 @@ def prepare(output_dir: str | Path, overwrite: bool) -> Path:
     path = Path(output_dir)
     if path.exists() and any(path.iterdir()):
         if not overwrite:
-            raise BadInput(f"output_dir {path} already holds a run; pass --overwrite to replace it",
+            raise BadInput(f"output_dir {path} already holds a run: pass --resume to continue it from its newest "
+                           "checkpoint, or --overwrite to replace it",
                            hint="or choose another output_dir (runs/{name}-{timestamp} is new every time)")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ftcli import chat, data, models, rundir
+from ftcli import chat, checkpoints, data, distributed, guards, memory, models, rundir
 from ftcli.errors import BadInput, TrainingFailed
 from ftcli.recipe import Recipe, to_yaml
 
@@ -85,27 +85,36 @@ def write_manifest(run_dir: Path, recipe: Recipe, facts: dict) -> None:
     (run_dir / "recipe.resolved.yaml").write_text(to_yaml(recipe, facts), encoding="utf-8")
 
 
-def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False,
+def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resume: bool = False,
         log: Callable[[str], None] = lambda _: None, callbacks: list | None = None) -> RunResult:
     """Train as the recipe says and fill the run directory. Raises FtcliError subclasses.
 
     `dry_run` loads the model and the data and stops before training, writing nothing.
+    `resume` continues from the newest complete checkpoint in output_dir.
+    With several processes (torchrun), only rank 0 writes the run directory.
     """
     from transformers import set_seed
 
     check_supported(recipe)
     started = time.time()
-    run_dir = Path(recipe.output_dir) if dry_run else rundir.prepare(recipe.output_dir, overwrite)
+    main = distributed.is_main()
+    run_dir, checkpoint = open_run_dir(recipe, overwrite=overwrite, dry_run=dry_run, resume=resume)
     result = RunResult(run_dir=run_dir)
-    facts = {"versions": rundir.package_versions(), "git_commit": rundir.git_commit(), "status": "running"}
-    if not dry_run:
-        write_manifest(run_dir, recipe, facts)
+    facts = {"versions": rundir.package_versions(), "git_commit": rundir.git_commit(), "status": "running",
+             "world_size": distributed.world_size(), "seed": recipe.train.seed,
+             "resumed_from": str(checkpoint) if checkpoint else None}
+    write = (lambda: write_manifest(run_dir, recipe, facts)) if main and not dry_run else (lambda: None)
+    write()
+    log_memory_estimate(recipe, log)
 
     set_seed(recipe.train.seed)
     log(f"loading {recipe.model.name}")
     model, tokenizer = models.load(recipe.model)
     template = chat.resolve(recipe.template.name, tokenizer)
     log(f"chat template: {template.name} (end of turn {template.end_of_turn!r})")
+    from ftcli import doctor  # issue 7: fixes applied in memory travel with the saved tokenizer; errors stop here
+    tokenizer, template, findings = doctor.run_for_training(model, tokenizer, template, recipe, log)
+    facts["doctor"] = doctor.as_facts(findings)
 
     rows, fmt, report = data.read_rows(recipe.dataset)
     train_rows, eval_rows = data.split_eval(rows, recipe.dataset.eval_fraction, recipe.train.seed)
@@ -128,39 +137,56 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False,
         model = models.add_lora(model, recipe.lora, recipe.train.gradient_checkpointing)
     result.trainable_params, result.total_params = models.trainable_parameters(model)
 
-    tokens_per_step = mean_tokens(train_set)
     t = recipe.train
+    sequences = t.per_device_train_batch_size * t.gradient_accumulation_steps * distributed.world_size()
     facts.update({
         "dataset": {"format": fmt, "fingerprint": report.fingerprint, "train_rows": report.train_rows,
                     "eval_rows": report.eval_rows, "skipped": report.rows_skipped,
                     "truncated": report.rows_truncated, "without_targets": report.rows_without_targets},
-        "effective_batch_sequences": t.per_device_train_batch_size * t.gradient_accumulation_steps,
-        "mean_tokens_per_sequence": round(tokens_per_step, 1),
+        "effective_batch_sequences": sequences,
+        "effective_batch_tokens": round(sequences * mean_tokens(train_set)),  # mean, before padding
+        "mean_tokens_per_sequence": round(mean_tokens(train_set), 1),
         "trainable_parameters": result.trainable_params,
         "kernels_applied": [],
     })
     if dry_run:
         result.seconds = time.time() - started
         return result
-    write_manifest(run_dir, recipe, facts)
+    write()
 
     metrics_path = run_dir / "metrics.jsonl"
+    step_callbacks = [rundir.MetricsFile(metrics_path), checkpoints.MarkComplete(run_dir), guards.KillAfterSave(),
+                      guards.GradNormGuard(), *(callbacks or [])]
     trainer, stage = build_trainer(recipe, model, tokenizer, template, train_set, eval_set, run_dir,
-                                   [rundir.MetricsFile(metrics_path), *(callbacks or [])], reward_funcs, log)
+                                   step_callbacks, reward_funcs, log)
+    if checkpoint is not None:
+        log(f"resuming from {checkpoint}")
+        if main:
+            checkpoints.restore_metrics(checkpoint, run_dir)
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if eval_set is not None:
             trainer.evaluate()
+    except guards.NonFiniteLoss as err:
+        facts["status"] = f"failed: {err}"
+        write()
+        last = checkpoints.latest(run_dir / "checkpoints")
+        raise TrainingFailed(
+            f"{err}; training stopped. Last good checkpoint: {last or 'none (set train.save_steps)'}. "
+            f"metrics.jsonl keeps every step logged so far.",
+            hint="likely causes: " + "; ".join(guards.LIKELY_CAUSES)) from None
     except torch.OutOfMemoryError:
-        raise TrainingFailed("out of memory during training",
-                             hint="lower train.per_device_train_batch_size or model.max_seq_length, "
-                                  "turn on train.gradient_checkpointing, or use model.load_in_4bit") from None
+        facts["status"] = "failed: CUDA out of memory"
+        write()
+        raise TrainingFailed("CUDA out of memory during training",
+                             hint="try " + "; or ".join(memory.advice(recipe))) from None
     if hasattr(stage, "finish"):
         stage.finish(trainer)
     result.metrics = rundir.read_metrics(metrics_path)
     losses = [m["loss"] for m in result.metrics if "loss" in m]
-    if losses and not all(torch.isfinite(torch.tensor(losses))):
-        raise TrainingFailed("the training loss became NaN/Inf", hint="lower train.learning_rate")
+    if not main:
+        result.seconds = time.time() - started
+        return result
 
     save_outputs(recipe, trainer.model, tokenizer, template, result)
     rundir.plot_losses(result.metrics, run_dir / "loss.png")
@@ -174,11 +200,61 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False,
     result.seconds = time.time() - started
     facts.update({"status": "done", "seconds": round(result.seconds, 1),
                   "final_loss": losses[-1] if losses else None})
-    write_manifest(run_dir, recipe, facts)
+    write()
     (run_dir / "summary.json").write_text(json.dumps({
         "data": result.data_report, "sample_prompt": result.sample_prompt, "sample_reply": result.sample_reply,
         "seconds": result.seconds}, indent=2), encoding="utf-8")
     return result
+
+
+def open_run_dir(recipe: Recipe, *, overwrite: bool, dry_run: bool, resume: bool) -> tuple[Path, Path | None]:
+    """The run directory (rank 0 creates it, other ranks wait for it) and the checkpoint to resume from."""
+    run_dir = Path(recipe.output_dir)
+    if dry_run:
+        return run_dir, None
+    if resume:
+        checkpoint = checkpoints.latest(run_dir / "checkpoints")
+        if checkpoint is None:
+            raise BadInput(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}",
+                           hint="checkpoints are written every train.save_steps; without one, start again "
+                                "with --overwrite")
+        return run_dir, checkpoint
+    if distributed.is_main():
+        rundir.prepare(run_dir, overwrite)
+    else:
+        distributed.wait_for(run_dir / "recipe.resolved.yaml")
+    return run_dir, None
+
+
+def resolve_resume(recipe: Recipe, recipe_path: Path) -> Recipe:
+    """`--resume` with a timestamped output_dir means the newest earlier run of this recipe."""
+    import re
+
+    if Path(recipe.output_dir).exists() or "{timestamp}" not in Path(recipe_path).read_text(encoding="utf-8"):
+        return recipe
+    stamp = re.compile(r"\d{8}-\d{6}")
+    target = Path(recipe.output_dir)
+    earlier = sorted(p for p in target.parent.glob("*")
+                     if p.is_dir() and stamp.sub("", p.name) == stamp.sub("", target.name)) if target.parent.exists() else []
+    if not earlier:
+        raise BadInput(f"--resume: no earlier run of {Path(recipe_path).name} under {target.parent}",
+                       hint="set output_dir to the run to resume: --set output_dir=runs/<name>")
+    return recipe.model_copy(update={"output_dir": str(earlier[-1])})
+
+
+def log_memory_estimate(recipe: Recipe, log) -> None:
+    """Print the pre-flight estimate; on a GPU, refuse a run that cannot fit."""
+    estimate = memory.estimate_for(recipe)
+    if estimate is None:
+        return
+    log(f"estimated peak GPU memory: {estimate.total / memory.GiB:.1f} GiB "
+        f"(weights {estimate.weights / memory.GiB:.1f}, activations {estimate.activations / memory.GiB:.1f})")
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        if estimate.total > free:
+            raise BadInput(f"this recipe needs about {estimate.total / memory.GiB:.1f} GiB of GPU memory, "
+                           f"{free / memory.GiB:.1f} GiB are free",
+                           hint="try " + "; or ".join(memory.advice(recipe)))
 
 
 def build_datasets(recipe: Recipe, train_rows: list, eval_rows: list, template, tokenizer, report):

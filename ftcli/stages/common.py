@@ -31,6 +31,9 @@ def trainer_kwargs(recipe: Recipe, checkpoints_dir: str, precision: dict, has_ev
         logging_steps=t.logging_steps,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        save_only_model=False,  # optimizer, scheduler and RNG states too: resume must be exact
+        logging_nan_inf_filter=False,  # a NaN loss must be seen (guards.py stops the run), never averaged away
         report_to=report_to,
         disable_tqdm=True,  # cli.py draws its own progress bar
         logging_first_step=True,
@@ -41,7 +44,17 @@ def trainer_kwargs(recipe: Recipe, checkpoints_dir: str, precision: dict, has_ev
         kwargs.update(bf16=False, fp16=False)
     if has_eval:
         kwargs.update(eval_strategy="steps" if t.eval_steps else "no", eval_steps=t.eval_steps)
+    kwargs.update(distributed_kwargs(recipe))
     return kwargs
+
+
+def distributed_kwargs(recipe: Recipe) -> dict:
+    """DDP needs nothing; FSDP wraps each decoder layer (the class named by the model's _no_split_modules)."""
+    if recipe.train.distributed != "fsdp":
+        return {"ddp_find_unused_parameters": False}
+    return {"fsdp": "full_shard auto_wrap",
+            "fsdp_config": {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "use_orig_params": True,
+                            "sync_module_states": True, "cpu_ram_efficient_loading": False}}
 
 
 def as_messages(value, role: str) -> list[dict]:
@@ -57,3 +70,16 @@ def prompt_messages(value, system: str | None, template) -> list[dict]:
 
     messages = _with_system(as_messages(value, "user"), system)
     return messages if template.supports_system else fold_system(messages)
+
+
+def use_base_as_reference(recipe: Recipe, trainer) -> None:
+    """A fresh LoRA adapter's reference is the base model with the adapter switched off.
+
+    TRL copies any adapter it is handed into a frozen "ref" adapter (right for a continued
+    adapter, model.adapter, whose starting point is the reference). Ours are created by
+    models.add_lora with zero-initialised B, so the copy equals the base: drop it and let TRL
+    fall back to disabling the adapter, which needs no extra weights.
+    """
+    model = trainer.model
+    if recipe.model.adapter is None and "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
