@@ -1,0 +1,150 @@
+"""`ftcli doctor`: find tokenizer, chat-template, config and embedding bugs before they ruin a run.
+
+    findings = doctor.check(model, tokenizer, template, recipe)        # live objects
+    report = doctor.diagnose("path/or/recipe.yaml/or/model.gguf")      # any CLI target
+    report = doctor.diagnose(target, fix_dir="fixed/")                 # corrected copies, never in place
+    tokenizer, template, findings = doctor.run_for_training(model, tokenizer, template, recipe, log)
+
+Each check is a small function registered with an id, a severity, a one-line fix and the row of
+research/doctor-bugs.md it comes from (`CHECKS`); `docs/doctor.md` lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from ftcli.doctor import checks_model, checks_template, checks_tokens  # noqa: F401 - register the checks
+from ftcli.doctor import fixes, targets
+from ftcli.doctor.registry import CHECKS, Check, Finding, as_hits
+from ftcli.doctor.report import Report, sort_findings
+from ftcli.doctor.subject import Subject
+from ftcli.errors import BadInput, TrainingFailed
+
+__all__ = ["CHECKS", "Check", "DoctorFailed", "Finding", "Report", "Subject", "check", "diagnose", "fix",
+           "run", "run_for_training"]
+
+MODES = ("fix", "warn", "off")
+
+
+class DoctorFailed(TrainingFailed):
+    """The doctor found errors it cannot fix: the run stops before training (exit 1)."""
+
+
+def run(subject: Subject, only: list[str] | None = None) -> list[Finding]:
+    """Every registered check (or `only` those ids) on `subject`, sorted by severity.
+
+    A check that crashes never takes the doctor down: it becomes an info finding (set
+    FTCLI_DOCTOR_STRICT=1 to raise instead, as the tests do).
+    """
+    findings = []
+    for c in CHECKS.values():
+        if (only is not None and c.id not in only) or not has_needs(subject, c.needs):
+            continue
+        try:
+            hits = as_hits(c.func(subject))
+        except Exception as err:  # noqa: BLE001
+            if os.environ.get("FTCLI_DOCTOR_STRICT"):
+                raise
+            findings.append(Finding(c.id, "info", f"the check could not run ({type(err).__name__}: {err})",
+                                    False, c.fix, c.row))
+            continue
+        for hit in hits:
+            fixable = c.fixable if hit.fixable is None else (hit.fixable and c.fixable)
+            findings.append(Finding(c.id, hit.severity or c.severity, hit.message, bool(fixable), c.fix, c.row,
+                                    dict(hit.data)))
+    return sort_findings(findings, list(CHECKS))
+
+
+def has_needs(s: Subject, needs: tuple[str, ...]) -> bool:
+    """Whether the subject has what a check reads; checks without their inputs are skipped."""
+    have = {
+        "template": s.template is not None, "live": s.tokenizer is not None, "model": s.model is not None,
+        "weights": s.weights is not None, "config": bool(s.config), "files": s.folder is not None,
+        "samples": bool(s.samples), "tokens": bool(s.vocab) or any(s.specials().values()),
+    }
+    return all(have.get(n, True) for n in needs)
+
+
+def check(model, tokenizer, template, recipe=None, *, samples: list | None = None,
+          kind: str = "training", only: list[str] | None = None) -> list[Finding]:
+    """Findings for live objects: a model (or None), a tokenizer, a ftcli ChatTemplate (or None)."""
+    return run(targets.from_objects(model, tokenizer, template, recipe, kind=kind, samples=samples), only)
+
+
+def fix(model, tokenizer, template, findings: list[Finding], recipe=None):
+    """Apply the fixable findings in memory; returns (template, ids of the checks fixed)."""
+    subject = targets.from_objects(model, tokenizer, template, recipe)
+    patch = fixes.plan(subject, findings)
+    template = fixes.apply_in_memory(subject, patch, template)
+    return template, patch.applied
+
+
+def diagnose(target: str, *, fix_dir: str | None = None, overrides=()) -> Report:
+    """Run the doctor on a CLI target; with `fix_dir`, write corrected files there and re-check them.
+
+    Raises BadInput (exit 2) when the target cannot be read.
+    """
+    subject = targets.resolve_target(str(target), overrides)
+    report = Report(target=str(target), findings=run(subject), notes=list(subject.notes))
+    if fix_dir is None:
+        return report
+    report.out_dir = str(fix_dir)
+    if subject.kind == "gguf":
+        raise BadInput("--fix does not rewrite GGUF files: fix the Hugging Face folder and export again")
+    patch = fixes.plan(subject, report.findings)
+    try:
+        report.written = fixes.write_fixed(subject, patch, fix_dir)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+    report.fixed = patch.applied
+    return report
+
+
+def run_for_training(model, tokenizer, template, recipe, log: Callable[[str], None] = lambda _: None):
+    """The doctor at the start of `ftcli train` (model.doctor: fix | warn | off).
+
+    fix: fixable findings are fixed in memory (tokenizer, model config and embeddings, template),
+    which then travel with everything the run saves; errors left unfixed raise DoctorFailed.
+    warn: findings are only logged. off: nothing runs. Returns (tokenizer, template, findings),
+    each finding with `data["fixed"]` telling whether it was fixed.
+    """
+    mode = getattr(recipe.model, "doctor", "fix") if recipe is not None else "fix"
+    if mode == "off":
+        log("doctor: off (model.doctor: off)")
+        return tokenizer, template, []
+    findings = check(model, tokenizer, template, recipe)
+    if mode == "fix" and any(f.fixable for f in findings):
+        template, applied = fix(model, tokenizer, template, findings, recipe)
+        after = check(model, tokenizer, template, recipe)
+        still = {f.check for f in after}
+        for f in findings:
+            f.data["fixed"] = f.check in applied and f.check not in still
+        before = {f.check for f in findings}
+        findings += [f for f in after if f.check not in before]  # anything a fix brought up
+    for f in findings:
+        f.data.setdefault("fixed", False)
+        if f.severity == "info" and not f.data["fixed"]:
+            continue
+        state = "fixed" if f.data["fixed"] else f.severity
+        log(f"doctor [{state}] {f.check}: {f.message}")
+    blocking = [f for f in findings if f.severity == "error" and not f.data["fixed"]]
+    if blocking and mode == "fix":
+        raise DoctorFailed(
+            f"the doctor found {len(blocking)} error(s) it cannot fix: "
+            + "; ".join(f"{f.check}: {f.message}" for f in blocking),
+            hint="fix them (see `ftcli doctor` and docs/doctor.md), or set model.doctor: warn to train anyway")
+    if not findings:
+        log("doctor: no findings")
+    return tokenizer, template, findings
+
+
+def _same(finding: Finding, findings: list[Finding]) -> bool:
+    return any(f.check == finding.check and f.message == finding.message for f in findings)
+
+
+def as_facts(findings: list[Finding]) -> list[dict]:
+    """Findings as plain dicts for the run manifest."""
+    return [{"check": f.check, "severity": f.severity, "message": f.message,
+             "fixed": bool(f.data.get("fixed"))} for f in findings]
+
