@@ -50,19 +50,19 @@ MODE_STATS, MODE_CE_GRAD, MODE_LOGP_GRAD, MODE_RECOMPUTE = 0, 1, 2, 3
 def ce_rows(LOGITS, stride_l, LABELS, OUT, LSE, ENT, TOP1, MEANZ, LSSP, GSCALE, DLOGP, DENT,
             n_cols, logit_scale, softcap, inv_temp, ignore_index,
             MODE: tl.constexpr, HAS_SOFTCAP: tl.constexpr, WANT_ENT: tl.constexpr, WANT_TOP1: tl.constexpr,
-            WANT_MEANZ: tl.constexpr, WANT_LSSP: tl.constexpr, BLOCK_V: tl.constexpr):
+            WANT_MEANZ: tl.constexpr, WANT_LSSP: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = LOGITS + row * stride_l
-    scale = tl.cast(logit_scale, tl.float32)
-    cap = tl.cast(softcap, tl.float32)
-    inv_t = tl.cast(inv_temp, tl.float32)
+    scale = tl.cast(logit_scale, ACC)
+    cap = tl.cast(softcap, ACC)
+    inv_t = tl.cast(inv_temp, ACC)
     label = tl.load(LABELS + row).to(tl.int64)
     valid = label != ignore_index
     label = tl.where(valid, label, 0)
     cols0 = tl.arange(0, BLOCK_V)
 
     # target logit
-    x_y = tl.load(base + label).to(tl.float32) * scale
+    x_y = tl.load(base + label).to(ACC) * scale
     if HAS_SOFTCAP:
         x_y = cap * (2.0 * tl.sigmoid(2.0 * x_y / cap) - 1.0)
     z_y = x_y * inv_t
@@ -73,13 +73,13 @@ def ce_rows(LOGITS, stride_l, LABELS, OUT, LSE, ENT, TOP1, MEANZ, LSSP, GSCALE, 
         dlogp = tl.load(DLOGP + row)
         dent = tl.load(DENT + row)
     else:
-        m = tl.full([], -float("inf"), tl.float32)
-        s = tl.full([], 0.0, tl.float32)
-        sum_z = tl.full([], 0.0, tl.float32)
+        m = tl.full([], -float("inf"), ACC)
+        s = tl.full([], 0.0, ACC)
+        sum_z = tl.full([], 0.0, ACC)
         for start in range(0, n_cols, BLOCK_V):
             cols = start + cols0
             msk = cols < n_cols
-            x = tl.load(base + cols, mask=msk, other=0.0).to(tl.float32) * scale
+            x = tl.load(base + cols, mask=msk, other=0.0).to(ACC) * scale
             if HAS_SOFTCAP:
                 x = cap * (2.0 * tl.sigmoid(2.0 * x / cap) - 1.0)
             z = tl.where(msk, x * inv_t, -float("inf"))
@@ -101,13 +101,13 @@ def ce_rows(LOGITS, stride_l, LABELS, OUT, LSE, ENT, TOP1, MEANZ, LSSP, GSCALE, 
 
     if (MODE != 0) | WANT_ENT | WANT_LSSP:
         if MODE == 1:
-            gscale = tl.load(GSCALE).to(tl.float32)
-        sum_pz = tl.full([], 0.0, tl.float32)
-        sum_p2 = tl.full([], 0.0, tl.float32)
+            gscale = tl.load(GSCALE).to(ACC)
+        sum_pz = tl.full([], 0.0, ACC)
+        sum_p2 = tl.full([], 0.0, ACC)
         for start in range(0, n_cols, BLOCK_V):
             cols = start + cols0
             msk = cols < n_cols
-            raw = tl.load(base + cols, mask=msk, other=0.0).to(tl.float32)
+            raw = tl.load(base + cols, mask=msk, other=0.0).to(ACC)
             x = raw * scale
             if HAS_SOFTCAP:
                 t = 2.0 * tl.sigmoid(2.0 * x / cap) - 1.0
@@ -160,7 +160,12 @@ def _addmm_f32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
             return
         except (TypeError, RuntimeError):
             pass
-    acc.addmm_(a.float(), b.float())
+    acc.addmm_(a.to(acc.dtype), b.to(acc.dtype))
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Per-row statistics in fp32 (fp64 for fp64 models: the exact-GA tests run in float64)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _launch_rows(logits, labels, out, lse, *, mode, ignore_index, logit_scale, softcap, temperature,
@@ -179,13 +184,14 @@ def _launch_rows(logits, labels, out, lse, *, mode, ignore_index, logit_scale, s
         n_cols, float(logit_scale), float(softcap or 1.0), 1.0 / float(temperature), int(ignore_index),
         MODE=mode, HAS_SOFTCAP=bool(softcap), WANT_ENT=ent is not None and mode != MODE_RECOMPUTE,
         WANT_TOP1=top1 is not None, WANT_MEANZ=meanz is not None, WANT_LSSP=lssp is not None,
-        BLOCK_V=block, num_warps=8 if block >= 2048 else 4)
+        BLOCK_V=block, ACC=tl.float64 if logits.dtype == torch.float64 else tl.float32,
+        num_warps=8 if block >= 2048 else 4)
 
 
-def _divisor(num_items_in_batch, n_valid: torch.Tensor, device) -> torch.Tensor:
+def _divisor(num_items_in_batch, n_valid: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
     if num_items_in_batch is None:
-        return n_valid.to(device=device, dtype=torch.float32).clamp(min=1)
-    return torch.as_tensor(num_items_in_batch, device=device).to(torch.float32).reshape(())
+        return n_valid.to(device=device, dtype=dtype).clamp(min=1)
+    return torch.as_tensor(num_items_in_batch, device=device).to(dtype).reshape(())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,17 +208,18 @@ class FusedLinearCEFunction(torch.autograd.Function):
         n_rows, n_vocab = h2.shape[0], weight.shape[0]
         valid = y != ignore_index
         idx = valid.nonzero().squeeze(1)
-        inv = 1.0 / _divisor(num_items_in_batch, valid.sum(), h2.device)
+        acc = acc_dtype(h2.dtype)
+        inv = 1.0 / _divisor(num_items_in_batch, valid.sum(), h2.device, acc)
         need_dh, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_db = bias is not None and ctx.needs_input_grad[2]
         mode = MODE_CE_GRAD if (need_dh or need_dw or need_db) else MODE_STATS
 
         grad_h = torch.zeros_like(h2) if need_dh else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_dw else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_db else None
-        loss_rows = torch.zeros(idx.numel(), dtype=torch.float32, device=h2.device)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_dw else None
+        grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_db else None
+        loss_rows = torch.zeros(idx.numel(), dtype=acc, device=h2.device)
         top1_rows = torch.zeros(idx.numel(), dtype=torch.int8, device=h2.device) if return_is_top1 else None
-        lse = torch.empty(idx.numel(), dtype=torch.float32, device=h2.device)
+        lse = torch.empty(idx.numel(), dtype=acc, device=h2.device)
         step = _chunk_rows(n_vocab, h2.dtype, chunk_rows)
         for start in range(0, idx.numel(), step):
             rows = idx[start:start + step]
@@ -227,7 +234,7 @@ class FusedLinearCEFunction(torch.autograd.Function):
             if need_dw:
                 _addmm_f32(grad_w, logits.t(), hc)
             if need_db:
-                grad_b += logits.float().sum(0)
+                grad_b += logits.to(acc).sum(0)
             del logits
         loss = loss_rows.sum() * inv
         ctx.save_for_backward(grad_h, grad_w, grad_b)
@@ -308,13 +315,14 @@ class SelectedLogprobFunction(torch.autograd.Function):
         idx = (y != ignore_index).nonzero().squeeze(1)
         n = idx.numel()
         dev = h2.device
-        logp = torch.zeros(n, dtype=torch.float32, device=dev)
-        lse = torch.empty(n, dtype=torch.float32, device=dev)
+        acc = acc_dtype(h2.dtype)
+        logp = torch.zeros(n, dtype=acc, device=dev)
+        lse = torch.empty(n, dtype=acc, device=dev)
         # entropy is always computed: the backward needs E_p[z] = lse - entropy if entropy gets a gradient
-        ent = torch.zeros(n, dtype=torch.float32, device=dev)
+        ent = torch.zeros(n, dtype=acc, device=dev)
         top1 = torch.zeros(n, dtype=torch.int8, device=dev) if "is_top1" in want else None
-        meanz = torch.zeros(n, dtype=torch.float32, device=dev) if "mean_logits" in want else None
-        lssp = torch.zeros(n, dtype=torch.float32, device=dev) if "log_sum_sq_probs" in want else None
+        meanz = torch.zeros(n, dtype=acc, device=dev) if "mean_logits" in want else None
+        lssp = torch.zeros(n, dtype=acc, device=dev) if "log_sum_sq_probs" in want else None
         # the unit-gradient trick needs a frozen lm_head; a trainable one is handled by recomputation
         fast = ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and not (
             bias is not None and ctx.needs_input_grad[2])
@@ -357,8 +365,9 @@ class SelectedLogprobFunction(torch.autograd.Function):
         h2 = hidden.reshape(-1, shape[-1])
         n = idx.numel()
         dev = h2.device
-        dlogp = d_logp.reshape(-1).index_select(0, idx).float() if d_logp is not None else None
-        dent = d_ent.reshape(-1).index_select(0, idx).float() if d_ent is not None else None
+        acc = lse.dtype
+        dlogp = d_logp.reshape(-1).index_select(0, idx).to(acc) if d_logp is not None else None
+        dent = d_ent.reshape(-1).index_select(0, idx).to(acc) if d_ent is not None else None
         dh = dw = db = None
         if g_rows is not None and dent is None and not need_dw and not need_db:
             dh = torch.zeros_like(h2)
@@ -366,17 +375,17 @@ class SelectedLogprobFunction(torch.autograd.Function):
                 dh.index_copy_(0, idx, g_rows * dlogp[:, None].to(g_rows.dtype))
             return dh.view(shape), None, None, None, None, None, None, None, None, None
         # recompute: gradients through log_probs and entropy, and the lm_head's own gradients
-        zeros = torch.zeros(n, dtype=torch.float32, device=dev)
+        zeros = torch.zeros(n, dtype=acc, device=dev)
         dlogp = zeros if dlogp is None else dlogp
         dent = zeros if dent is None else dent
         if need_dh:
             dh = torch.zeros_like(h2)
         if need_dw:
-            dw32 = torch.zeros(weight.shape, dtype=torch.float32, device=dev)
+            dw32 = torch.zeros(weight.shape, dtype=acc, device=dev)
         if need_db:
-            db32 = torch.zeros(bias.shape, dtype=torch.float32, device=dev)
+            db32 = torch.zeros(bias.shape, dtype=acc, device=dev)
         step = _chunk_rows(weight.shape[0], h2.dtype, ctx.chunk_rows)
-        scratch = torch.empty(min(step, n), dtype=torch.float32, device=dev)
+        scratch = torch.empty(min(step, n), dtype=acc, device=dev)
         for start in range(0, n, step):
             rows = idx[start:start + step]
             sl = slice(start, start + step)
@@ -389,7 +398,7 @@ class SelectedLogprobFunction(torch.autograd.Function):
             if need_dw:
                 _addmm_f32(dw32, logits.t(), hc)
             if need_db:
-                db32 += logits.float().sum(0)
+                db32 += logits.to(acc).sum(0)
         if need_dh:
             dh = dh.view(shape)
         if need_dw:
@@ -420,12 +429,12 @@ def selected_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
 def selected_logprobs_reference(hidden, weight, labels, bias=None, *, ignore_index=-100, temperature=1.0,
                                 softcap=None, logit_scale=1.0, chunk_rows=None, outputs=("log_probs",)):
     """Plain PyTorch: full logits in fp32, log_softmax, gather."""
-    z = _transform_reference(torch.nn.functional.linear(hidden, weight, bias), softcap, logit_scale).float()
-    z = z / temperature
+    z = _transform_reference(torch.nn.functional.linear(hidden, weight, bias), softcap, logit_scale)
+    z = z.to(acc_dtype(z.dtype)) / temperature
     valid = labels != ignore_index
     y = labels.clamp(min=0)
     logp_all = torch.log_softmax(z, dim=-1)
-    zero = torch.zeros((), dtype=torch.float32, device=z.device)
+    zero = torch.zeros((), dtype=z.dtype, device=z.device)
     res = {
         "log_probs": torch.where(valid, logp_all.gather(-1, y[..., None]).squeeze(-1), zero),
         "entropy": torch.where(valid, -(logp_all.exp() * logp_all).sum(-1), zero),

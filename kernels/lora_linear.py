@@ -42,7 +42,7 @@ except ImportError:
     _CONFIGS = None
 
 #: Meta-parameters under the CPU interpreter (small tiles: masked edges get exercised on small shapes).
-INTERPRET_META = dict(BM=16, BN=32, BK=16, GROUP_M=2)
+INTERPRET_META = dict(BM=32, BN=64, BK=32, GROUP_M=2)
 
 
 @kernel(configs=_CONFIGS, key=["M", "N", "K1", "K2", "HAS_BIAS"], interpret_meta=INTERPRET_META)

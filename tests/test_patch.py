@@ -1,0 +1,250 @@
+"""ftcli.patch: patched models give the unpatched model's loss and gradients, per builtin architecture.
+
+With the plain-PyTorch references (what `auto` uses on a CPU without the interpreter) the patched
+model must be bitwise identical to transformers + PEFT; with Triton under TRITON_INTERPRET=1 it must
+agree to fp32 rounding. Also: PEFT LoRA/QLoRA layers, TRL's fused LM head takeover, undo, notices.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from test_kernels_util import TOL, launched, rel_err
+
+from ftcli import patch
+from ftcli.builtin import builtin_path
+
+ARCHS = ["tiny-llama3", "tiny-gemma3", "tiny-qwen3", "tiny-phi3", "tiny-mistral"]
+NORMS = {"tiny-llama3": 9, "tiny-gemma3": 25, "tiny-qwen3": 17, "tiny-phi3": 9, "tiny-mistral": 9}
+
+
+@functools.lru_cache(maxsize=None)
+def _base(name: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(builtin_path(f"builtin:{name}"), dtype=torch.float32)
+
+
+def _model(name: str, lora: bool = True, dropout: float = 0.0, softcap: float | None = None):
+    model = copy.deepcopy(_base(name))
+    if softcap is not None:
+        model.config.final_logit_softcapping = softcap
+    if not lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)  # lora_A's initialisation
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # B = 0 at init would hide half of the LoRA path
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def _batch(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size if hasattr(model, "config") else 1000
+    ids = torch.randint(0, vocab, (2, 11), generator=g)
+    labels = ids.clone()
+    labels[0, :4] = -100  # a prompt
+    labels[1, 8:] = -100  # padding
+    return ids, labels
+
+
+def _loss_and_grads(model, ids, labels, **kw):
+    model.train()
+    model.zero_grad()
+    loss = model(input_ids=ids, labels=labels, **kw).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _compare(a, b, tol):
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    assert rel_err(loss_b, loss_a) <= tol, (loss_a, loss_b)
+    worst = max(rel_err(grads_b[k], grads_a[k]) for k in grads_a)
+    assert worst <= tol, worst
+
+
+@pytest.fixture
+def no_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+@pytest.fixture
+def interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_reference_patch_is_bitwise_identical(name, no_interpreter):
+    """`auto` on a CPU without the interpreter: references in the patched code path, exact to the bit."""
+    plain, patched = _model(name), _model(name)
+    logs = []
+    report = patch.apply(patched, "auto", log=logs.append)
+    assert report.impl == "reference" and report.architecture
+    act = "geglu" if "gemma" in name else "swiglu"
+    n_layers = _base(name).config.num_hidden_layers
+    linears = 4 if "phi3" in name else 7  # Phi-3 fuses qkv and gate/up
+    assert report.as_dict()["ops"] == {"rms_norm": NORMS[name], "rope": n_layers, act: n_layers,
+                                       "fused_linear_ce": 1, "lora_linear": linears * n_layers}
+    assert logs and logs[0].startswith("kernels (reference")
+    ids, labels = _batch(_base(name))
+    n_items = torch.tensor(int((labels != -100).sum()) + 5)  # as if other micro-batches shared the step
+    _compare(_loss_and_grads(plain, ids, labels, num_items_in_batch=n_items),
+             _loss_and_grads(patched, ids, labels, num_items_in_batch=n_items), 0.0)
+    plain.eval()
+    patched.eval()
+    with torch.no_grad():
+        assert torch.equal(plain(input_ids=ids).logits, patched(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama3", pytest.param("tiny-gemma3", marks=pytest.mark.slow),
+                                  pytest.param("tiny-phi3", marks=pytest.mark.slow)])
+def test_triton_patch_matches_unpatched(name, interpreter):
+    """Triton kernels (interpreted) in every patched module: loss and LoRA grads to fp32 rounding."""
+    softcap = 3.0 if "gemma" in name else None  # exercise Gemma's final-logit soft-capping too
+    plain, patched = _model(name, softcap=softcap), _model(name, softcap=softcap)
+    report = patch.apply(patched, "auto")
+    assert report.impl == "triton"
+    ids, labels = _batch(_base(name), seed=2)
+    act = "geglu" if "gemma" in name else "swiglu"
+    with launched("rms_norm_fwd", "rms_norm_bwd", "rope_qk", f"{act}_fwd", f"{act}_bwd", "ce_rows", "lora_mm"):
+        got = _loss_and_grads(patched, ids, labels)
+    _compare(_loss_and_grads(plain, ids, labels), got, 10 * TOL[torch.float32])
+
+
+def test_generation_and_eval_use_the_models_own_head(no_interpreter):
+    plain, patched = _model("tiny-llama3", lora=False), _model("tiny-llama3", lora=False)
+    patch.apply(patched)
+    ids, _ = _batch(plain)
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert torch.equal(plain.generate(ids, **kw), patched.generate(ids, **kw))
+
+
+def test_lora_layers_that_cannot_fuse_keep_peft_and_disable_adapter_falls_back(no_interpreter):
+    model = _model("tiny-llama3", dropout=0.1)
+    report = patch.apply(model, ["lora_linear"])
+    assert report.replaced["lora_linear"] == [] and any("kept PEFT's forward" in n for n in report.notices)
+
+    plain, patched = _model("tiny-llama3"), _model("tiny-llama3")
+    report = patch.apply(patched, ["lora_linear", "rms_norm"])
+    assert report.applied == ["rms_norm", "lora_linear"]
+    ids, _ = _batch(plain)
+    patched.eval()
+    with torch.no_grad(), patched.disable_adapter():
+        assert torch.equal(patched(input_ids=ids).logits, _base("tiny-llama3").eval()(input_ids=ids).logits)
+
+
+def test_qlora_nf4_layers_are_fused(no_interpreter):
+    pytest.importorskip("bitsandbytes")
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    def make():
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+                               bnb_4bit_use_double_quant=True)
+        m = AutoModelForCausalLM.from_pretrained(builtin_path("builtin:tiny-qwen3"), quantization_config=q,
+                                                 dtype=torch.float32)
+        m = prepare_model_for_kbit_training(m, use_gradient_checkpointing=False)
+        torch.manual_seed(0)
+        m = get_peft_model(m, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+                                         task_type="CAUSAL_LM"))
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.full_like(p, 0.01))
+        return m
+
+    plain, patched = make(), make()
+    report = patch.apply(patched)
+    assert len(report.replaced["lora_linear"]) == 28
+    ids, labels = _batch(plain.get_base_model())
+    _compare(_loss_and_grads(plain, ids, labels), _loss_and_grads(patched, ids, labels), 0.0)
+
+
+def _sft_trainer(model, tmp_path):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    g = torch.Generator().manual_seed(3)
+    rows = []
+    for i in range(4):
+        ids = torch.randint(5, 1000, (6 + 3 * i,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * 3 + ids[3:]})
+    args = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=1, report_to=[],
+                     use_cpu=True, dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False,
+                     disable_tqdm=True)
+    tok = AutoTokenizer.from_pretrained(builtin_path("builtin:tiny-llama3"))
+    return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+
+
+@pytest.mark.parametrize("impl", ["reference", pytest.param("triton", marks=pytest.mark.slow)])
+def test_trl_sft_fused_head_is_taken_over_with_the_same_loss_grads_and_metrics(impl, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if impl == "triton" else "0")
+    results = []
+    for patched in (False, True):
+        trainer = _sft_trainer(_model("tiny-llama3"), tmp_path / str(patched))
+        if patched:
+            report = patch.apply(trainer.model)
+            lm = trainer.model.get_base_model()
+            assert "fused_linear_ce" in report.applied and lm.__dict__["_ftcli_fused_head"]["outputs"] == (
+                "log_probs", "entropy", "is_top1")
+        batch = dict(next(iter(trainer.get_train_dataloader())))
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, batch, num_items_in_batch=torch.tensor(40))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        results.append(((loss.detach(), grads), dict(trainer._metrics["train"])))
+        if patched:
+            patch.undo(report)  # TRL's own head is back
+            assert lm.__dict__["forward"].__func__.__code__.co_name == "_fused_forward"
+    _compare(results[0][0], results[1][0], 10 * TOL[torch.float32])
+    for key in ("entropy", "mean_token_accuracy"):
+        assert abs(results[0][1][key][0] - results[1][1][key][0]) <= 1e-5
+
+
+def test_unknown_architecture_is_left_alone_with_one_notice():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=50, n_positions=32))
+    logs = []
+    report = patch.apply(model, "auto", log=logs.append)
+    assert report.applied == [] and len(logs) == 1 and "gpt2" in logs[0] and "unpatched" in logs[0]
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_ops_values_and_undo(no_interpreter):
+    model = _model("tiny-qwen3")
+    assert patch.apply(model, False).applied == []
+    with pytest.raises(patch.KernelsUnavailable):
+        patch.apply(model, True)  # Triton required, and neither CUDA nor the interpreter is here
+    with pytest.raises(patch.KernelsUnavailable):
+        patch.apply(model, ["rms_norm", "flash_attention"])
+    report = patch.apply(model, ["rope", "swiglu"], log=lambda _: None)
+    assert report.applied == ["rope", "swiglu"] and report.as_dict()["ops"] == {"rope": 4, "swiglu": 4}
+    assert patch.apply(model, ["rope"]).applied == []  # already patched modules are skipped
+    patch.undo(report)
+    assert not any("forward" in m.__dict__ or "_ftcli_patched" in m.__dict__ for m in model.modules())
+    ids, labels = _batch(_base("tiny-qwen3"))
+    _compare(_loss_and_grads(_model("tiny-qwen3"), ids, labels), _loss_and_grads(model, ids, labels), 0.0)
+
+
+def test_num_items_in_batch_reaches_the_fused_loss(no_interpreter):
+    """Negative control at model level: ignoring the trainer's count changes the loss."""
+    model = _model("tiny-mistral", lora=False)
+    patch.apply(model, ["fused_linear_ce"])
+    ids, labels = _batch(model)
+    n_real = int((labels[:, 1:] != -100).sum())
+    model.train()
+    local = model(input_ids=ids, labels=labels).loss
+    step = model(input_ids=ids, labels=labels, num_items_in_batch=torch.tensor(4 * n_real)).loss
+    assert torch.allclose(step * 4, local, rtol=1e-6)
