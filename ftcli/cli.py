@@ -79,6 +79,19 @@ def validate(recipe_path: RecipeArg, set_: SetOpt = None) -> None:
         fail(err)
     console.print(f"[green]valid[/] {recipe_path}")
     console.print(to_yaml(recipe), markup=False)
+    _print_memory(recipe)
+
+
+def _print_memory(recipe) -> None:
+    """The pre-flight estimate of peak GPU memory, one line per part."""
+    from ftcli import memory
+
+    estimate = memory.estimate_for(recipe)
+    if estimate is None:
+        console.print("memory estimate: unavailable (the model config could not be read offline)", markup=False)
+        return
+    parts = ", ".join(f"{name} {value / memory.GiB:.1f}" for name, value in estimate.rows()[:-1])
+    console.print(f"estimated peak GPU memory: {estimate.total / memory.GiB:.1f} GiB ({parts})", markup=False)
 
 
 @app.command()
@@ -101,6 +114,7 @@ def train(
         if resume:
             recipe = training.resolve_resume(recipe, recipe_path)
         if nproc > 1 and distributed.world_size() == 1:
+            training.check_supported(recipe, world_size=nproc)  # exit 2 here, before starting processes
             raise typer.Exit(_launch(recipe_path, set_ or [], recipe.output_dir, nproc,
                                      dry_run=dry_run, overwrite=overwrite, resume=resume))
         _print_plan(recipe)
@@ -384,6 +398,8 @@ def doctor_cmd(
 
 
 def _print_doctor(report, fix_dir) -> None:
+    from rich.text import Text
+
     styles = {"error": "bold red", "warning": "yellow", "info": "cyan"}
     console.print(f"[bold]ftcli doctor[/] {report.target}", highlight=False)
     for severity, findings in report.grouped():
@@ -392,14 +408,14 @@ def _print_doctor(report, fix_dir) -> None:
         table.add_column("check", style=styles[severity], no_wrap=True)
         table.add_column("finding", overflow="fold", ratio=3)
         table.add_column("fix", overflow="fold", ratio=2, style="dim")
-        for f in findings:
-            table.add_row(f.check, f.message, ("[--fix] " if f.fixable else "") + f.fix)
+        for f in findings:  # Text, not markup: messages quote template markers such as [/INST]
+            table.add_row(Text(f.check), Text(f.message), Text(("(--fix) " if f.fixable else "") + f.fix))
         console.print(table)
     for note in report.notes:
-        console.print(f"[dim]note: {note}[/]", highlight=False)
+        console.print(Text(f"note: {note}", style="dim"), highlight=False)
     if fix_dir is not None:
-        console.print(f"[green]--fix[/] wrote {len(report.written)} file(s) to {fix_dir}; fixed: "
-                      f"{', '.join(report.fixed) or 'nothing'}", highlight=False)
+        console.print(Text(f"--fix wrote {len(report.written)} file(s) to {fix_dir}; fixed: "
+                           f"{', '.join(report.fixed) or 'nothing'}", style="green"), highlight=False)
     counts = {s: len(f) for s, f in report.grouped()}
     if not report.findings:
         console.print("[bold green]no findings[/]")
