@@ -197,6 +197,19 @@ class TrainSection(Section):
     save_steps: int | None = Field(None, gt=0, description="None = save only at the end")
     save_total_limit: int | None = Field(None, gt=0, description="keep only the newest N checkpoints")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="how several processes share the work")
+    kernels: Literal["auto"] | bool | list[str] = Field(
+        "auto", description="auto: Triton on CUDA (references on CPU); true: Triton required; false; or a list of ops")
+
+    @field_validator("kernels")
+    @classmethod
+    def _known_ops(cls, value):
+        from ftcli.patch import ALL_OPS
+
+        if isinstance(value, list):
+            unknown = [op for op in value if op not in ALL_OPS]
+            if unknown:
+                raise ValueError(f"unknown kernel ops {unknown}; choose from {', '.join(ALL_OPS)}")
+        return value
     eval_steps: int | None = Field(None, gt=0, description="None = evaluate at the end when there is an eval split")
     dpo: DpoSection = Field(default_factory=DpoSection)
     grpo: GrpoSection = Field(default_factory=GrpoSection)

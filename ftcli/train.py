@@ -163,6 +163,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resum
                       guards.GradNormGuard(), *(callbacks or [])]
     trainer, stage = build_trainer(recipe, model, tokenizer, template, train_set, eval_set, run_dir,
                                    step_callbacks, reward_funcs, log)
+    facts["kernels_applied"] = apply_kernels(recipe, trainer.model, log)
     if checkpoint is not None:
         log(f"resuming from {checkpoint}")
         if main:
@@ -259,6 +260,24 @@ def log_memory_estimate(recipe: Recipe, log) -> None:
             raise BadInput(f"this recipe needs about {estimate.total / memory.GiB:.1f} GiB of GPU memory, "
                            f"{free / memory.GiB:.1f} GiB are free",
                            hint="try " + "; or ".join(memory.advice(recipe)))
+
+
+def apply_kernels(recipe: Recipe, model, log) -> dict:
+    """Patch the model instance with ftcli's kernels (after the trainer exists, so TRL's fused head is
+    taken over too); returns op -> number of modules replaced, for the manifest."""
+    from ftcli import patch
+
+    ops = recipe.train.kernels
+    if recipe.train.stage != "sft" and ops not in (False, None):
+        # DPO and GRPO score tokens through their own log-prob hook (stages/logprobs.py).
+        chosen = patch.ALL_OPS if ops in ("auto", True) else ops
+        ops = [op for op in chosen if op != "fused_linear_ce"]
+    try:
+        report = patch.apply(model, ops, log=log, impl="triton" if recipe.train.kernels is True else "auto")
+    except patch.KernelsUnavailable as err:
+        raise BadInput(f"train.kernels: {err}") from None
+    applied = {op: len(names) for op, names in report.replaced.items() if names}
+    return {"impl": report.impl, "ops": applied}  # patch.apply has logged the details
 
 
 def build_datasets(recipe: Recipe, train_rows: list, eval_rows: list, template, tokenizer, report):
