@@ -38,6 +38,10 @@ SHAPES: dict[str, tuple[str, str, dict]] = {
         max_position_embeddings=131072,
         rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0,
                              high_freq_factor=4.0, original_max_position_embeddings=8192))),
+    # A few-MB Llama for a CPU smoke test of the bench's own plumbing (not a benchmark).
+    "tiny-llama": ("LlamaConfig", "llama", dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=128256, tie_word_embeddings=False, max_position_embeddings=4096)),
     "qwen3-8b": ("Qwen3Config", "qwen3", dict(
         hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
         num_key_value_heads=8, head_dim=128, vocab_size=151936, rms_norm_eps=1e-6, tie_word_embeddings=False,
@@ -139,7 +143,7 @@ def _load(mode: str, folder: Path, model_type: str, gc: bool, r: int):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="sdpa",
-                                                 device_map="cuda")
+                                                 device_map=_device())
     if gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -153,6 +157,19 @@ def _load(mode: str, folder: Path, model_type: str, gc: bool, r: int):
     return model
 
 
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def run_mode(arch: str, mode: str, folder: Path, seq: int, batch: int, steps: int, r: int, gc: bool) -> ModeResult:
     import torch
 
@@ -162,8 +179,8 @@ def run_mode(arch: str, mode: str, folder: Path, seq: int, batch: int, steps: in
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(123)).cuda()
-    torch.cuda.synchronize()
+    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(123)).to(_device())
+    _sync()
     for step in range(steps):
         start = time.perf_counter()
         out = model(input_ids=ids, labels=ids)
@@ -174,12 +191,12 @@ def run_mode(arch: str, mode: str, folder: Path, seq: int, batch: int, steps: in
             result.first_grad_norm = torch.stack(grads).norm().item()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        _sync()
         result.step_times.append(time.perf_counter() - start)
     measured = result.step_times[2:] or result.step_times
     result.step_seconds = statistics.median(measured)
     result.tokens_per_second = batch * seq / result.step_seconds
-    result.peak_gib = torch.cuda.max_memory_allocated() / 1024**3
+    result.peak_gib = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else 0.0
     lora = result.trainable_params
     result.mfu = result.tokens_per_second * flops_per_token(make_config(arch), seq, lora) / PEAK_BF16_FLOPS
     return result

@@ -108,8 +108,10 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resum
              "world_size": distributed.world_size(), "seed": recipe.train.seed,
              "resumed_from": str(checkpoint) if checkpoint else None}
     write = (lambda: write_manifest(run_dir, recipe, facts)) if main and not dry_run else (lambda: None)
+    estimate = log_memory_estimate(recipe, log)
+    if estimate is not None:
+        facts["memory_estimate_gib"] = round(estimate.total / memory.GiB, 2)
     write()
-    log_memory_estimate(recipe, log)
 
     set_seed(recipe.train.seed)
     log(f"loading {recipe.model.name}")
@@ -205,6 +207,8 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resum
     result.seconds = time.time() - started
     facts.update({"status": "done", "seconds": round(result.seconds, 1),
                   "final_loss": losses[-1] if losses else None})
+    if torch.cuda.is_available():  # measured against the pre-flight estimate in docs/benchmarks.md
+        facts["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / memory.GiB, 2)
     write()
     (run_dir / "summary.json").write_text(json.dumps({
         "data": result.data_report, "sample_prompt": result.sample_prompt, "sample_reply": result.sample_reply,
@@ -247,11 +251,11 @@ def resolve_resume(recipe: Recipe, recipe_path: Path) -> Recipe:
     return recipe.model_copy(update={"output_dir": str(earlier[-1])})
 
 
-def log_memory_estimate(recipe: Recipe, log) -> None:
+def log_memory_estimate(recipe: Recipe, log) -> memory.Estimate | None:
     """Print the pre-flight estimate; on a GPU, refuse a run that cannot fit."""
     estimate = memory.estimate_for(recipe)
     if estimate is None:
-        return
+        return None
     log(f"estimated peak GPU memory: {estimate.total / memory.GiB:.1f} GiB "
         f"(weights {estimate.weights / memory.GiB:.1f}, activations {estimate.activations / memory.GiB:.1f})")
     if torch.cuda.is_available():

@@ -40,3 +40,19 @@ def test_compare_flags_loss_and_grad_norm_differences():
 def test_peers_that_are_not_installed_are_skipped_with_a_notice():
     keep, notes = bench.available_modes(["hf", "ftcli"])
     assert keep == ["hf", "ftcli"] and notes == []
+
+
+@pytest.mark.slow
+def test_bench_plumbing_end_to_end_on_a_tiny_shape(tmp_path):
+    """Checkpoint once, run hf and ftcli each in its own process, compare first steps (CPU smoke test)."""
+    folder = bench.checkpoint_dir(tmp_path, "tiny-llama")
+    assert (folder / "done").exists() and bench.checkpoint_dir(tmp_path, "tiny-llama") == folder
+    results = []
+    for mode in ("hf", "ftcli"):
+        spec = dict(arch="tiny-llama", mode=mode, folder=str(folder), seq=32, batch=2, steps=3, r=4, gc=True)
+        results.append(bench.run_in_subprocess(spec, timeout=600))
+    hf, ours = results
+    assert hf.ok and ours.ok, (hf.error, ours.error)
+    assert hf.trainable_params == ours.trainable_params > 0
+    assert len(hf.step_times) == 3 and hf.tokens_per_second > 0
+    assert bench.compare(results) == []  # same loss and grad norm as plain HF on the first step
