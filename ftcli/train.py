@@ -264,6 +264,7 @@ def log_memory_estimate(recipe: Recipe, log) -> memory.Estimate | None:
             raise BadInput(f"this recipe needs about {estimate.total / memory.GiB:.1f} GiB of GPU memory, "
                            f"{free / memory.GiB:.1f} GiB are free",
                            hint="try " + "; or ".join(memory.advice(recipe)))
+    return estimate
 
 
 def apply_kernels(recipe: Recipe, model, log) -> dict:
