@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,6 @@ import yaml
 from ftcli.errors import BadInput
 from ftcli.export import quantize as q
 
-FORMATS = ("safetensors", "gguf", "ollama", "adapter")
 REPORT = "export-report.json"
 BITS = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q4_k_m": 4.9, "q4_0": 4.5}
 
@@ -445,6 +444,3 @@ def report_summary(report: dict) -> list[dict]:
                      "top1": p.get("top1_agreement"), "kl": p.get("kl_mean"),
                      "fallbacks": len(entry.get("fallbacks") or [])})
     return rows
-
-
-__all__ = ["ExportOptions", "Source", "export", "resolve_source", "report_summary", "FORMATS", "asdict"]
