@@ -127,7 +127,7 @@ def run_for_training(model, tokenizer, template, recipe, log: Callable[[str], No
         if f.severity == "info" and not f.data["fixed"]:
             continue
         state = "fixed" if f.data["fixed"] else f.severity
-        log(f"doctor [{state}] {f.check}: {f.message}")
+        log(f"doctor ({state}) {f.check}: {f.message}")
     blocking = [f for f in findings if f.severity == "error" and not f.data["fixed"]]
     if blocking and mode == "fix":
         raise DoctorFailed(

@@ -131,6 +131,8 @@ def template_no_end_of_turn(s: Subject):
        "merge the system text into the first user turn (ftcli does this at training), or choose another template",
        fixable=True, needs=("template",))
 def template_drops_system(s: Subject):
+    if s.chat is not None and not s.chat.supports_system:
+        return None  # ftcli folds system text into the first user turn (data.fold_system)
     try:
         text = s.render(probes.SUA)
     except probes.RenderError as err:
@@ -202,7 +204,8 @@ def template_not_prefix_preserving(s: Subject):
     bad = []
     for short, long, label in ((probes.U, probes.UA, "user -> +assistant"),
                                (probes.UA, probes.UAU, "assistant -> +user"),
-                               (probes.SUA, probes.SUA + [{"role": "user", "content": probes.USER2}], "system chat -> +user")):
+                               (probes.SUA, probes.SUA + [{"role": "user", "content": probes.USER2}], "system chat -> +user"),
+                               (probes.SUAU, probes.SUAU + probes.UAUA[-1:] + probes.U, "system chat -> +2 turns")):
         a, b = s.try_render(short), s.try_render(long)
         if a is not None and b is not None and not b.startswith(a):
             bad.append(label)

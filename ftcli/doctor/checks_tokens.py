@@ -201,7 +201,7 @@ def double_bos(s: Subject):
             hits.append(Hit(f"ftcli's own encoding of a chat starts with {bos!r} twice", severity="error"))
     if text.startswith(bos) and s.adds_bos and not hits:
         how = "tokenizer.ggml.add_bos_token is true" if s.gguf is not None else "the tokenizer adds it again on encode"
-        hits.append(Hit(f"the template prints {bos!r} and {how}: tokenizer(rendered_chat) gives [bos, bos] in "
+        hits.append(Hit(f"the template prints {bos!r} and {how}: tokenizer(rendered_chat) starts with bos twice in "
                         "any pipeline that encodes rendered text with special tokens (llama.cpp warns about it). "
                         "ftcli's training encodes chats without special tokens, so `ftcli train` is unaffected"))
     eos = s.eos

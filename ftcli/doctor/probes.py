@@ -32,6 +32,7 @@ UB = U + [{"role": "assistant", "content": REPLY_B}]
 SUA = [{"role": "system", "content": SYS}] + UA
 UAU = UA + [{"role": "user", "content": USER2}]
 UAUA = UAU + [{"role": "assistant", "content": REPLY_B}]
+SUAU = SUA + [{"role": "user", "content": USER2}]
 UU = U + [{"role": "user", "content": USER2}]
 UAA = UA + [{"role": "assistant", "content": REPLY_B}]
 THINK = U + [{"role": "assistant", "content": f"<think>\n{REASON}\n</think>\n\n{ANSWER}"}]

@@ -174,14 +174,14 @@ class Subject:
                 if kind in (3, 4):  # CONTROL, USER_DEFINED
                     out[i] = {"id": i, "content": t, "special": kind == 3}
             return list(out.values())
-        if self.tokenizer is not None and not (self.tokenizer_json or {}).get("added_tokens"):
+        if self.tokenizer is not None and not (self.tokenizer_json or self.live_tokenizer_json or {}).get("added_tokens"):
             try:
                 for i, tok in self.tokenizer.added_tokens_decoder.items():
                     out[int(i)] = {"id": int(i), "content": token_str(tok), "special": bool(getattr(tok, "special", True))}
                 return sorted(out.values(), key=lambda e: e["id"])
             except Exception:  # noqa: BLE001
                 pass
-        for entry in (self.tokenizer_json or {}).get("added_tokens") or []:
+        for entry in (self.tokenizer_json or self.live_tokenizer_json or {}).get("added_tokens") or []:
             if isinstance(entry, dict) and isinstance(entry.get("id"), int) and entry.get("content"):
                 out[entry["id"]] = {"id": entry["id"], "content": entry["content"], "special": bool(entry.get("special"))}
         if not out:
