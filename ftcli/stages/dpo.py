@@ -21,7 +21,7 @@ from ftcli import chat
 from ftcli.errors import DataError
 from ftcli.recipe import Recipe
 from ftcli.stages import logprobs
-from ftcli.stages.common import as_messages, prompt_messages, trainer_kwargs
+from ftcli.stages.common import as_messages, prompt_messages, trainer_kwargs, use_base_as_reference
 
 IGNORE = chat.IGNORE_INDEX
 
@@ -121,6 +121,7 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset,
     trainer = FtcliDPOTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                               processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
+    use_base_as_reference(recipe, trainer)
     reason = logprobs.install(trainer.model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
     log("log-probs: ftcli fused kernel" if reason is None else f"log-probs: TRL's chunked fused head ({reason})")
     return trainer

@@ -28,7 +28,7 @@ from ftcli import chat, rewards
 from ftcli.errors import DataError
 from ftcli.recipe import Recipe
 from ftcli.stages import logprobs
-from ftcli.stages.common import prompt_messages, trainer_kwargs
+from ftcli.stages.common import prompt_messages, trainer_kwargs, use_base_as_reference
 
 AUTO_TOKENS_PER_FORWARD = 4096
 # Loss types whose normaliser is per sequence (piece weight = its share of sequences), per token, or global.
@@ -206,6 +206,7 @@ def build_trainer(recipe: Recipe, model, tokenizer, template, train_dataset, eva
                                eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks)
     trainer.sequences_per_forward = recipe.train.grpo.sequences_per_forward
     trainer.remove_callback(PrinterCallback)
+    use_base_as_reference(recipe, trainer)
     reason = logprobs.install(trainer.model, temperature=recipe.train.grpo.temperature,
                               outputs=("log_probs", "entropy"))
     log("log-probs: ftcli fused kernel" if reason is None else f"log-probs: TRL's chunked fused head ({reason})")
