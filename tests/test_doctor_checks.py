@@ -455,3 +455,9 @@ def test_mistral_regex_constant_is_the_corrected_pattern():
 def test_probe_markers_prefer_the_longest_token():
     text = "x<|im_end|>\n<|im_start|>assistant"
     assert [m for _, m in probes.markers(text, ["<|im_end|>", "<|im_start|>"])] == ["<|im_end|>", "<|im_start|>"]
+
+
+def test_docs_list_every_check():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "doctor.md").read_text(encoding="utf-8")
+    missing = [c for c in CHECKS if f"| `{c}` |" not in text]
+    assert not missing, missing

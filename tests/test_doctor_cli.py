@@ -193,3 +193,9 @@ def test_the_installed_command_exits_1_on_errors(tmp_path):
                          timeout=300)
     assert out.returncode == 1, out.stderr
     assert "template-header-every-turn" in {f["check"] for f in json.loads(out.stdout)["findings"]}
+
+
+def test_a_hub_id_that_cannot_be_fetched_exits_2(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = doctor("no-such-org-ftcli/no-such-model", "--json")
+    assert result.exit_code == 2 and "could not fetch" in as_json(result)["error"]

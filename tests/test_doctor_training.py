@@ -96,6 +96,18 @@ def test_missing_bos_fix_makes_ftcli_encode_start_with_bos(tmp_path):
     assert "missing-bos" not in ids(doctor.diagnose(str(saved(tmp_path, model, tok, template))).findings)
 
 
+def test_reapply_restores_model_side_fixes_on_a_model_rebuilt_from_the_base(tmp_path):
+    """A LoRA merge reloads the base: its zero rows and short eos list come back; reapply fixes them again."""
+    folder = broken_folder("untrained-special-tokens", tmp_path)
+    model, tok, template = load(folder)
+    tok, template, _ = doctor.run_for_training(model, tok, template, recipe())
+    merged, _, _ = load(folder)  # what merge_adapter starts from
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    assert merged.get_input_embeddings().weight[eot].abs().max() == 0
+    assert "untrained-special-tokens" in doctor.reapply(merged, tok, template)
+    assert torch.equal(merged.get_input_embeddings().weight[eot], model.get_input_embeddings().weight[eot])
+
+
 def test_generation_config_gets_the_end_of_turn(tmp_path):
     model, tok, template = load(broken_folder("eos-not-end-of-turn", tmp_path))
     eot = tok.convert_tokens_to_ids("<|end|>")
@@ -151,11 +163,14 @@ def test_ftcli_train_runs_the_doctor_and_the_fixes_reach_the_run_dir(tmp_path):
     rows = [{"messages": [{"role": "user", "content": f"What is {i} plus 1?"},
                           {"role": "assistant", "content": f"ANSWER: {i + 1}"}]} for i in range(4)]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    import importlib.util
+
+    exports = ["gguf", "ollama"] if importlib.util.find_spec("llama_cpp") else []
     r = Recipe.model_validate({
         "model": {"name": "builtin:tiny-llama3", "max_seq_length": 64},
         "template": {"name": str(template_file)}, "dataset": {"path": str(data)}, "lora": {"r": 4},
         "train": {"max_steps": 1, "per_device_train_batch_size": 2, "logging_steps": 1},
-        "output_dir": str(tmp_path / "run")})
+        "export": {"formats": exports, "gguf_quant": ["q8_0"]}, "output_dir": str(tmp_path / "run")})
     result = train.run(r)
     manifest = yaml.safe_load((result.run_dir / "recipe.resolved.yaml").read_text())
     facts = {f["check"]: f for f in manifest["_run"]["doctor"]}
@@ -167,3 +182,9 @@ def test_ftcli_train_runs_the_doctor_and_the_fixes_reach_the_run_dir(tmp_path):
     again = doctor.diagnose(str(result.run_dir))
     assert "template-header-every-turn" not in ids(again.findings)
     assert torch.isfinite(torch.tensor([m["loss"] for m in result.metrics if "loss" in m])).all()
+    ggufs = list((result.run_dir / "export").glob("*.gguf"))
+    assert bool(ggufs) == bool(exports)
+    for gguf_file in ggufs:  # the fixed template reaches the GGUF and the Modelfile
+        found = doctor.diagnose(str(gguf_file)).findings
+        assert "template-header-every-turn" not in ids(found) and not [f for f in found if f.severity == "error"]
+        assert (result.run_dir / "export" / "Modelfile").is_file()

@@ -14,15 +14,18 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from ftcli.doctor import checks_model, checks_template, checks_tokens  # noqa: F401 - register the checks
+# Importing the check modules registers their checks, in this order: tokens, template, model.
+from ftcli.doctor import checks_tokens  # noqa: F401, I001
+from ftcli.doctor import checks_template  # noqa: F401
+from ftcli.doctor import checks_model  # noqa: F401
 from ftcli.doctor import fixes, targets
 from ftcli.doctor.registry import CHECKS, Check, Finding, as_hits
 from ftcli.doctor.report import Report, sort_findings
 from ftcli.doctor.subject import Subject
 from ftcli.errors import BadInput, TrainingFailed
 
-__all__ = ["CHECKS", "Check", "DoctorFailed", "Finding", "Report", "Subject", "check", "diagnose", "fix",
-           "run", "run_for_training"]
+__all__ = ["CHECKS", "Check", "DoctorFailed", "Finding", "Report", "Subject", "as_facts", "check", "diagnose",
+           "fix", "reapply", "run", "run_for_training"]
 
 MODES = ("fix", "warn", "off")
 
@@ -137,6 +140,19 @@ def run_for_training(model, tokenizer, template, recipe, log: Callable[[str], No
     if not findings:
         log("doctor: no findings")
     return tokenizer, template, findings
+
+
+MODEL_SIDE = ("untrained-special-tokens", "eos-not-end-of-turn", "stop-tokens-incomplete", "pad-is-eos",
+              "pad-out-of-range", "gemma-activation", "gemma2-query-scale", "tied-embeddings")
+
+
+def reapply(model, tokenizer, template, recipe=None) -> list[str]:
+    """Re-apply the model-side fixes (embedding rows, generation_config and config ids) to a model
+    rebuilt from the base weights, e.g. a LoRA adapter merged into a freshly loaded base, whose
+    rows and configs are the base's again. The tokenizer already carries its own fixes.
+    Returns the ids of the checks fixed."""
+    findings = check(model, tokenizer, template, recipe, only=list(MODEL_SIDE))
+    return fix(model, tokenizer, template, findings, recipe)[1]
 
 
 def _same(finding: Finding, findings: list[Finding]) -> bool:
