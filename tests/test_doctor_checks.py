@@ -274,6 +274,9 @@ def test_softcapping_attention_fires_with_sdpa():
     model.config.attn_logit_softcapping = 50.0
     model.config._attn_implementation = "sdpa"
     assert "softcapping-attention" in ids(doctor.check(model, tok, template), "error")
+    _, fixed = doctor.fix(model, tok, template, doctor.check(model, tok, template))
+    assert "softcapping-attention" in fixed and model.config._attn_implementation == "eager"
+    assert "softcapping-attention" not in ids(doctor.check(model, tok, template))
 
 
 def test_fp16_overflow_fires_on_gemma3_in_float16():

@@ -199,3 +199,17 @@ def test_a_hub_id_that_cannot_be_fetched_exits_2(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = doctor("no-such-org-ftcli/no-such-model", "--json")
     assert result.exit_code == 2 and "could not fetch" in as_json(result)["error"]
+
+
+def test_fix_on_a_recipe_target_saves_the_fixed_embeddings(tmp_path):
+    folder = broken_folder("untrained-special-tokens", tmp_path)
+    recipe = _recipe(tmp_path, name=str(folder))
+    text = recipe.read_text().replace("name: auto", "name: llama3")
+    recipe.write_text(text)
+    assert doctor(recipe).exit_code == 1
+    out = tmp_path / "fixed"
+    result = doctor(recipe, "--fix", out, "--json")
+    assert result.exit_code == 0, result.stdout
+    assert "untrained-special-tokens" in as_json(result)["fix"]["fixed"]
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert "untrained-special-tokens" not in {f["check"] for f in as_json(doctor(out, "--json"))["findings"]}

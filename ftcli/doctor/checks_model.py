@@ -111,8 +111,8 @@ def gemma2_query_scale(s: Subject):
 
 
 @check("softcapping-attention", "error", "N06",
-       "use attn_implementation: eager (or flash-attn >= 2.6) for models with attention soft-capping",
-       needs=("config",))
+       "use attn_implementation: eager (or flash-attn >= 2.6) for models with attention soft-capping "
+       "(at training start ftcli switches to eager)", fixable=True, needs=("config",))
 def softcapping_attention(s: Subject):
     cap = s.text_config.get("attn_logit_softcapping")
     if not cap:
@@ -123,8 +123,8 @@ def softcapping_attention(s: Subject):
     elif s.recipe is not None:
         impl = s.recipe.model.attn_implementation
     if impl == "sdpa" or (impl == "flash_attention_2" and not _flash_attn_at_least("2.6")):
-        return (f"the config soft-caps attention logits at {cap}, but the {impl} attention kernel ignores "
-                "soft-capping: wrong logits")
+        return Hit(f"the config soft-caps attention logits at {cap}, but the {impl} attention kernel ignores "
+                   "soft-capping: wrong logits", fixable=s.model is not None)
     return None
 
 

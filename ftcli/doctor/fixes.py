@@ -32,6 +32,7 @@ class Patch:
     untrained_ids: list[int] = field(default_factory=list)
     retie: bool = False
     fold_system: bool = False
+    eager_attention: bool = False
     applied: list[str] = field(default_factory=list)  # check ids
 
     @property
@@ -154,6 +155,14 @@ def _untrained(s, f, p):
     return bool(f.data.get("ids"))
 
 
+@fixer("softcapping-attention")
+def _eager(s, f, p):
+    if s.model is None:
+        return False
+    p.eager_attention = True
+    return True
+
+
 @fixer("template-drops-system")
 def _fold(s, f, p):
     if s.kind != "training":
@@ -273,6 +282,11 @@ def apply_in_memory(s: Subject, patch: Patch, template):
             _refresh_modules(model, key, value)
         if patch.retie:
             model.tie_weights()
+        if patch.eager_attention:
+            try:
+                model.set_attn_implementation("eager")
+            except Exception:  # noqa: BLE001 - older API: the attention modules read the config per call
+                model.config._attn_implementation = "eager"
         if patch.untrained_ids:
             with torch.no_grad():
                 _reset_rows(model.get_input_embeddings().weight, patch.untrained_ids)
@@ -363,6 +377,13 @@ def write_fixed(s: Subject, patch: Patch, out_dir: Path) -> list[str]:
         raise ValueError("--fix writes corrected copies into a new folder, never in place")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    if patch.touches_weights and s.model is not None and not hasattr(s.weights, "files"):
+        # A recipe target: the weights live in memory; fix the rows there and save the whole model
+        # first, so that the corrected copies of the folder's files below win over its config.json.
+        weights_only = Patch(untrained_ids=patch.untrained_ids, retie=patch.retie)
+        apply_in_memory(dataclasses.replace(s, tokenizer=None), weights_only, None)
+        s.model.save_pretrained(out_dir, safe_serialization=True)
+        written += sorted(p.name for p in out_dir.glob("*.safetensors*"))
     for name in TOKENIZER_FILES:
         if (s.folder / name).is_file():
             shutil.copyfile(s.folder / name, out_dir / name)
@@ -440,7 +461,7 @@ def write_fixed(s: Subject, patch: Patch, out_dir: Path) -> list[str]:
                        ("config.json", cfg)):
         if data is not None:
             save(name, data)
-    if patch.touches_weights:
+    if patch.touches_weights and hasattr(s.weights, "files"):
         written += _write_weights(s, patch, out_dir)
     return written
 
