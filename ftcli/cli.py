@@ -169,6 +169,8 @@ def _print_result(result) -> None:
         table.add_row("model", str(result.model_dir))
     if result.merged_dir:
         table.add_row("merged", str(result.merged_dir))
+    if result.export_dir:
+        table.add_row("export", f"{result.export_dir} (GGUF, Modelfile, export-report.json)")
     table.add_row("metrics", f"{result.run_dir / 'metrics.jsonl'}, {result.run_dir / 'loss.png'}")
     if losses:
         table.add_row("train loss", f"{losses[0]:.4f} → {losses[-1]:.4f}")
@@ -184,6 +186,10 @@ def _print_result(result) -> None:
         console.print("[bold]sample[/] (greedy, from the finetuned model)")
         console.print(f"  user      : {result.sample_prompt}", markup=False)
         console.print(f"  assistant : {result.sample_reply}", markup=False)
+    if result.gguf_reply is not None:
+        console.print(f"[bold]the same from the GGUF[/] (llama.cpp, {result.gguf_path.name})")
+        console.print(f"  assistant : {result.gguf_reply}", markup=False)
+        console.print(f"chat with it: ftcli chat {result.gguf_path}", markup=False)
 
 
 class _progress:

@@ -29,6 +29,9 @@ class RunResult:
     adapter_dir: Path | None = None
     model_dir: Path | None = None
     merged_dir: Path | None = None
+    export_dir: Path | None = None
+    gguf_path: Path | None = None
+    gguf_reply: str | None = None
     metrics: list[dict] = field(default_factory=list)
     data_report: dict = field(default_factory=dict)
     sample_prompt: str | None = None
@@ -204,6 +207,14 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resum
 
         result.sample_prompt = conversation[-1]["content"]
         result.sample_reply = reply(trainer.model, tokenizer, template, conversation)
+        if result.gguf_path is not None:  # the same question, answered by llama.cpp from the exported GGUF
+            from ftcli.chat_cmd import ChatSession
+
+            session = ChatSession(result.gguf_path, max_new_tokens=64)
+            try:
+                result.gguf_reply = "".join(session.reply(conversation))
+            finally:
+                session.close()
     result.seconds = time.time() - started
     facts.update({"status": "done", "seconds": round(result.seconds, 1),
                   "final_loss": losses[-1] if losses else None})
@@ -212,6 +223,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resum
     write()
     (run_dir / "summary.json").write_text(json.dumps({
         "data": result.data_report, "sample_prompt": result.sample_prompt, "sample_reply": result.sample_reply,
+        "gguf": str(result.gguf_path) if result.gguf_path else None, "gguf_reply": result.gguf_reply,
         "seconds": result.seconds}, indent=2), encoding="utf-8")
     return result
 
@@ -375,3 +387,6 @@ def save_outputs(recipe: Recipe, model, tokenizer, template, result: RunResult) 
         from ftcli.export.run import export_after_training
 
         export_after_training(run_dir, recipe.export)  # RUN_DIR/export/: GGUF files, Modelfile, export-report.json
+        result.export_dir = run_dir / "export"
+        ggufs = sorted(result.export_dir.glob("model-*.gguf"))
+        result.gguf_path = next((g for g in ggufs if g.name == "model-f16.gguf"), ggufs[0] if ggufs else None)

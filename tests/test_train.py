@@ -142,4 +142,8 @@ def test_quickstart_learns_the_answer_format_and_runs_twice(tmp_path):
     assert len(runs) == 2  # timestamped output_dir: a second run does not collide with the first
     summary = json.loads((runs[-1] / "summary.json").read_text())
     assert re.fullmatch(r"ANSWER: \d+", summary["sample_reply"].strip()), summary["sample_reply"]
+    # The exported GGUF, run by llama.cpp, answers in the same format.
+    assert summary["gguf"].endswith("model-f16.gguf")
+    assert re.fullmatch(r"ANSWER: \d+", summary["gguf_reply"].strip()), summary["gguf_reply"]
+    assert (runs[-1] / "export" / "Modelfile").exists()
     assert "sample" in out.stdout and str(runs[-1].relative_to(work)) in out.stdout
