@@ -157,7 +157,11 @@ def run(recipe_path: str | Path, overrides=(), n_samples: int = 4, ga: int = 2) 
     encoded = []
     for row in rows:
         if "messages" not in row and "text" not in row:
-            continue
+            if not (row.get("prompt") and row.get("chosen")):
+                continue
+            from ftcli.stages.common import as_messages  # a preference pair: the prompt and its chosen reply
+
+            row = {"messages": as_messages(row["prompt"], "user") + as_messages(row["chosen"], "assistant")}
         enc = data.encode_sft_row(row, template, tokenizer, recipe.template.train_on, recipe.model.max_seq_length)
         if any(label != IGNORE for label in enc["labels"][1:]):
             encoded.append(enc)
