@@ -53,7 +53,9 @@ class GrpoBenchResult:
     training_gib: float = 0.0        # peak - loaded
     generation_peak_gib: float = 0.0  # peak inside generation (+ old/ref log-probs), minus loaded
     step_seconds: float = 0.0        # median optimizer step after the first
+    generation_seconds: float = 0.0  # of which: generation + rewards + old/ref log-probs (median after the first)
     step_times: list[float] = field(default_factory=list)
+    generation_times: list[float] = field(default_factory=list)
     first_loss: float = float("nan")
     first_grad_norm: float = float("nan")
     mean_completion_length: float = 0.0
@@ -216,8 +218,11 @@ def run_mode(spec: dict) -> GrpoBenchResult:
         state["peak"] = max(state["peak"], peak())
         if cuda:
             torch.cuda.reset_peak_memory_stats()
+        sync()
+        began = time.perf_counter()
         out = generate(inputs)
         sync()
+        result.generation_times.append(time.perf_counter() - began)
         state["gen_peak"] = max(state["gen_peak"], peak())
         result.mean_completion_length = float(out["completion_mask"].sum(1).float().mean())
         return out
@@ -247,6 +252,8 @@ def run_mode(spec: dict) -> GrpoBenchResult:
     result.generation_peak_gib = state["gen_peak"] / GiB - result.loaded_gib
     later = result.step_times[1:] or result.step_times
     result.step_seconds = statistics.median(later) if later else 0.0
+    gens = result.generation_times[1:] or result.generation_times
+    result.generation_seconds = statistics.median(gens) if gens else 0.0
     return result
 
 
@@ -277,13 +284,14 @@ def run_in_subprocess(spec: dict, timeout: float) -> GrpoBenchResult:
 
 def table(results: list[GrpoBenchResult]) -> str:
     lines = [f"{'mode':6} {'loaded GiB':>10} {'peak GiB':>9} {'training GiB':>12} {'generation GiB':>14} "
-             f"{'step s':>7} {'loss':>9}"]
+             f"{'step s':>7} {'gen s':>7} {'loss':>9}"]
     for r in results:
         if not r.ok:
             lines.append(f"{r.mode:6} FAILED: {r.error}")
             continue
         lines.append(f"{r.mode:6} {r.loaded_gib:10.2f} {r.peak_gib:9.2f} {r.training_gib:12.2f} "
-                     f"{r.generation_peak_gib:14.2f} {r.step_seconds:7.2f} {r.first_loss:9.5f}")
+                     f"{r.generation_peak_gib:14.2f} {r.step_seconds:7.2f} {r.generation_seconds:7.2f} "
+                     f"{r.first_loss:9.5f}")
     ok = {r.mode: r for r in results if r.ok}
     if "trl" in ok and "ftcli" in ok and ok["trl"].training_gib > 0:
         ratio = ok["ftcli"].training_gib / ok["trl"].training_gib
