@@ -19,8 +19,6 @@ from ftcli import chat, checkpoints, data, distributed, guards, memory, models, 
 from ftcli.errors import BadInput, TrainingFailed
 from ftcli.recipe import Recipe, to_yaml
 
-NOT_YET: dict[str, str] = {}  # stages this build refuses (all of sft, dpo and grpo are supported)
-EXPORTS_NOW = {"safetensors", "adapter", "gguf", "ollama"}
 
 
 @dataclass
@@ -44,16 +42,9 @@ class RunResult:
 def check_supported(recipe: Recipe, world_size: int | None = None) -> None:
     """Refuse, before loading anything, what this version or this machine cannot do."""
     world_size = world_size or distributed.world_size()
-    if recipe.train.stage in NOT_YET:
-        raise BadInput(f"train.stage: {recipe.train.stage} is not yet supported by this version of ftcli "
-                       f"({NOT_YET[recipe.train.stage]} arrives in a later release)", hint="use train.stage: sft")
     if recipe.train.distributed == "fsdp" and world_size > 1 and not torch.cuda.is_available():
         raise BadInput("train.distributed: fsdp needs CUDA GPUs (accelerate shards models only across GPUs)",
                        hint="on the CPU, use train.distributed: ddp")
-    later = [f for f in recipe.export.formats if f not in EXPORTS_NOW]
-    if later:
-        raise BadInput(f"export.formats {later} are not yet supported by this version of ftcli",
-                       hint=f"supported now: {sorted(EXPORTS_NOW)}; remove the others, e.g. --set 'export.formats=[]'")
     if {"gguf", "ollama"} & set(recipe.export.formats):
         from ftcli.export.run import check_export_ready
 

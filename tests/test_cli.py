@@ -64,14 +64,3 @@ def test_dry_run_trains_nothing(tmp_path):
     out = ftcli("train", path, "--dry-run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "dry run ok" in out.stdout and not (tmp_path / "run").exists()
-
-
-from ftcli.train import NOT_YET  # noqa: E402  (stages that this build refuses, if any)
-
-
-@pytest.mark.parametrize("stage", sorted(NOT_YET))
-def test_not_yet_supported_stage_exits_2(tmp_path, stage):
-    fmt = {"dpo": "preference", "grpo": "prompt"}[stage]
-    path = write_recipe(tmp_path / "r.yaml", train={"stage": stage}, dataset={"format": fmt})
-    out = ftcli("train", path, cwd=tmp_path)
-    assert out.returncode == 2 and "not yet supported" in out.stderr

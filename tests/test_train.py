@@ -105,14 +105,6 @@ def test_every_bundled_sft_recipe_trains_two_steps_on_its_builtin(tmp_path, name
     assert len([m for m in result.metrics if "loss" in m]) == 2
 
 
-@pytest.mark.parametrize("fmt", sorted({"gguf", "ollama"} - training.EXPORTS_NOW))
-def test_unsupported_export_is_refused_before_loading(tmp_path, fmt):
-    path = write_recipe(tmp_path / "r.yaml", export={"formats": [fmt]})
-    with pytest.raises(BadInput, match="not yet supported"):
-        training.run(recipe.load(path))
-    assert not (tmp_path / "run").exists()
-
-
 def test_existing_run_is_not_overwritten_without_flag(tmp_path):
     path = write_recipe(tmp_path / "r.yaml", train={"max_steps": 1})
     training.run(recipe.load(path))
