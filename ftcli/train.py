@@ -20,7 +20,6 @@ from ftcli.errors import BadInput, TrainingFailed
 from ftcli.recipe import Recipe, to_yaml
 
 
-
 @dataclass
 class RunResult:
     run_dir: Path

@@ -17,6 +17,7 @@ import collections
 import contextlib
 import functools
 import os
+import types
 from typing import Callable
 
 import torch
@@ -141,28 +142,47 @@ def _interpreted_stdlib():
     Those helpers were decorated when `triton.language` was first imported; if TRITON_INTERPRET
     was unset then (e.g. transformers imported Triton before a test set the variable), they are
     GPU-only JITFunctions that the interpreter cannot call. For the duration of one interpreted
-    launch they are swapped for InterpretedFunctions of the same Python source, then put back.
+    launch they are swapped for plain calls of their interpreter-rewritten source, then put back.
+    (The language itself is patched once for the launch: the interpreter's own nested-call path
+    re-patches it on every tl.sum call, which made our kernels several times slower.)
     """
     import sys
 
-    from triton.runtime.interpreter import InterpretedFunction
+    import triton.language as tl
+    from triton.runtime import interpreter as itp
     from triton.runtime.jit import JITFunction
 
     swapped = []
     for mod_name in _STDLIB_MODULES:
         namespace = vars(sys.modules[mod_name]) if mod_name in sys.modules else {}
         for key, value in list(namespace.items()):
-            if isinstance(value, JITFunction):
+            if isinstance(value, (JITFunction, itp.InterpretedFunction)):
                 twin = _INTERPRETED.get(value)
-                if twin is None:
-                    twin = _INTERPRETED[value] = InterpretedFunction(value.fn)
-                namespace[key] = twin
-                swapped.append((namespace, key, value))
+                if twin is None:  # rewritten now, before the language is patched (the rewriter needs it plain)
+                    twin = _INTERPRETED[value] = _twin(itp.InterpretedFunction(value.fn))
+                swapped.append((namespace, key, value, twin))
+    for namespace, key, _, twin in swapped:
+        namespace[key] = twin
+    probe = types.FunctionType(compile("def probe(): pass", "<ftcli>", "exec").co_consts[0],
+                               {"tl": tl, "core": tl.core})
+    scope = itp._patch_lang(probe)
     try:
         yield
     finally:
-        for namespace, key, value in swapped:
+        scope.restore()
+        for namespace, key, value, _ in swapped:
             namespace[key] = value
+
+
+def _twin(interpreted):
+    rewritten = interpreted.rewrite()
+
+    def call(*args, **kwargs):
+        return rewritten(*args, **kwargs)
+
+    call.__name__ = interpreted.fn.__name__
+    call.fn = interpreted.fn  # what code that re-wraps stdlib helpers (e.g. gluon's import) looks for
+    return call
 
 
 _INTERPRETER_PATCHED = False

@@ -31,15 +31,18 @@ import os
 
 import torch
 
-from ._triton import kernel, next_pow2
+from ._triton import interpreting, kernel, next_pow2
 
 try:
+    import triton
     import triton.language as tl
 except ImportError:
-    tl = None
+    triton = tl = None
 
 #: Widest vocabulary tile per program iteration (tests lower it to exercise masked last tiles).
 BLOCK_V_MAX = 4096
+#: Rows per program under the CPU interpreter (tests); 1 on the GPU.
+ROWS_MAX = 32
 #: Default memory budget for one chunk of logits (model dtype); 512 MiB = 2048 rows at V = 128256 bf16.
 CHUNK_BYTES = 512 * 2**20
 
@@ -48,67 +51,73 @@ MODE_STATS, MODE_CE_GRAD, MODE_LOGP_GRAD, MODE_RECOMPUTE = 0, 1, 2, 3
 
 @kernel
 def ce_rows(LOGITS, stride_l, LABELS, OUT, LSE, ENT, TOP1, MEANZ, LSSP, GSCALE, DLOGP, DENT,
-            n_cols, logit_scale, softcap, inv_temp, ignore_index,
+            n_rows, n_cols, logit_scale, softcap, inv_temp, ignore_index,
             MODE: tl.constexpr, HAS_SOFTCAP: tl.constexpr, WANT_ENT: tl.constexpr, WANT_TOP1: tl.constexpr,
-            WANT_MEANZ: tl.constexpr, WANT_LSSP: tl.constexpr, BLOCK_V: tl.constexpr, ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    base = LOGITS + row * stride_l
+            WANT_MEANZ: tl.constexpr, WANT_LSSP: tl.constexpr, BLOCK_V: tl.constexpr, ROWS: tl.constexpr,
+            ACC: tl.constexpr):
+    """ROWS rows per program (1 for big vocabularies), BLOCK_V-wide vocabulary tiles."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    rmask = rows < n_rows
+    rows = rows.to(tl.int64)
+    base = LOGITS + rows * stride_l
     scale = tl.cast(logit_scale, ACC)
     cap = tl.cast(softcap, ACC)
     inv_t = tl.cast(inv_temp, ACC)
-    label = tl.load(LABELS + row).to(tl.int64)
-    valid = label != ignore_index
+    label = tl.load(LABELS + rows, mask=rmask, other=ignore_index).to(tl.int64)
+    valid = (label != ignore_index) & rmask
     label = tl.where(valid, label, 0)
     cols0 = tl.arange(0, BLOCK_V)
 
     # target logit
-    x_y = tl.load(base + label).to(ACC) * scale
+    x_y = tl.load(base + label, mask=rmask, other=0.0).to(ACC) * scale
     if HAS_SOFTCAP:
         x_y = cap * (2.0 * tl.sigmoid(2.0 * x_y / cap) - 1.0)
     z_y = x_y * inv_t
 
     if MODE == 3:
-        lse = tl.load(LSE + row)
-        ez = lse - tl.load(ENT + row)  # E_p[z] = lse - entropy
-        dlogp = tl.load(DLOGP + row)
-        dent = tl.load(DENT + row)
+        lse = tl.load(LSE + rows, mask=rmask, other=0.0)
+        ez = lse - tl.load(ENT + rows, mask=rmask, other=0.0)  # E_p[z] = lse - entropy
+        dlogp = tl.load(DLOGP + rows, mask=rmask, other=0.0)
+        dent = tl.load(DENT + rows, mask=rmask, other=0.0)
     else:
-        m = tl.full([], -float("inf"), ACC)
-        s = tl.full([], 0.0, ACC)
-        sum_z = tl.full([], 0.0, ACC)
+        m = tl.full([ROWS], -float("inf"), ACC)
+        s = tl.zeros([ROWS], ACC)
+        sum_z = tl.zeros([ROWS], ACC)
         for start in range(0, n_cols, BLOCK_V):
             cols = start + cols0
-            msk = cols < n_cols
-            x = tl.load(base + cols, mask=msk, other=0.0).to(ACC) * scale
+            col_ok = cols < n_cols
+            msk = rmask[:, None] & col_ok[None, :]
+            x = tl.load(base[:, None] + cols[None, :], mask=msk, other=0.0).to(ACC) * scale
             if HAS_SOFTCAP:
                 x = cap * (2.0 * tl.sigmoid(2.0 * x / cap) - 1.0)
-            z = tl.where(msk, x * inv_t, -float("inf"))
-            m_new = tl.maximum(m, tl.max(z, axis=0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
+            z = tl.where(col_ok[None, :], x * inv_t, -float("inf"))
+            m_new = tl.maximum(m, tl.max(z, axis=1))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
             m = m_new
             if WANT_MEANZ:
-                sum_z += tl.sum(tl.where(msk, z, 0.0), axis=0)
+                sum_z += tl.sum(tl.where(col_ok[None, :], z, 0.0), axis=1)
         lse = m + tl.log(s)
         if MODE == 1:
-            tl.store(OUT + row, tl.where(valid, lse - z_y, 0.0))
+            tl.store(OUT + rows, tl.where(valid, lse - z_y, 0.0), mask=rmask)
         else:
-            tl.store(OUT + row, tl.where(valid, z_y - lse, 0.0))
-        tl.store(LSE + row, lse)
+            tl.store(OUT + rows, tl.where(valid, z_y - lse, 0.0), mask=rmask)
+        tl.store(LSE + rows, lse, mask=rmask)
         if WANT_TOP1:
-            tl.store(TOP1 + row, (valid & (z_y >= m)).to(tl.int8))
+            tl.store(TOP1 + rows, (valid & (z_y >= m)).to(tl.int8), mask=rmask)
         if WANT_MEANZ:
-            tl.store(MEANZ + row, tl.where(valid, sum_z / n_cols, 0.0))
+            tl.store(MEANZ + rows, tl.where(valid, sum_z / n_cols, 0.0), mask=rmask)
 
     if (MODE != 0) | WANT_ENT | WANT_LSSP:
         if MODE == 1:
             gscale = tl.load(GSCALE).to(ACC)
-        sum_pz = tl.full([], 0.0, ACC)
-        sum_p2 = tl.full([], 0.0, ACC)
+        sum_pz = tl.zeros([ROWS], ACC)
+        sum_p2 = tl.zeros([ROWS], ACC)
         for start in range(0, n_cols, BLOCK_V):
             cols = start + cols0
-            msk = cols < n_cols
-            raw = tl.load(base + cols, mask=msk, other=0.0).to(ACC)
-            x = raw * scale
+            col_ok = cols < n_cols
+            msk = rmask[:, None] & col_ok[None, :]
+            ptrs = base[:, None] + cols[None, :]
+            x = tl.load(ptrs, mask=msk, other=0.0).to(ACC) * scale
             if HAS_SOFTCAP:
                 t = 2.0 * tl.sigmoid(2.0 * x / cap) - 1.0
                 x = cap * t
@@ -116,25 +125,25 @@ def ce_rows(LOGITS, stride_l, LABELS, OUT, LSE, ENT, TOP1, MEANZ, LSSP, GSCALE, 
             else:
                 chain = scale * inv_t
             z = x * inv_t
-            p = tl.where(msk, tl.exp(z - lse), 0.0)
+            p = tl.where(col_ok[None, :], tl.exp(z - lse[:, None]), 0.0)
             if WANT_ENT:
-                sum_pz += tl.sum(p * tl.where(msk, z, 0.0), axis=0)
+                sum_pz += tl.sum(p * tl.where(col_ok[None, :], z, 0.0), axis=1)
             if WANT_LSSP:
-                sum_p2 += tl.sum(p * p, axis=0)
+                sum_p2 += tl.sum(p * p, axis=1)
             if MODE != 0:
-                onehot = tl.where(cols == label, 1.0, 0.0)
+                onehot = tl.where(cols[None, :] == label[:, None], 1.0, 0.0)
                 if MODE == 1:
                     g = (p - onehot) * chain * gscale
                 elif MODE == 2:
                     g = (onehot - p) * chain
                 else:
-                    g = (dlogp * (onehot - p) + dent * p * (ez - z)) * chain
-                g = tl.where(valid, g, 0.0)
-                tl.store(base + cols, g.to(LOGITS.dtype.element_ty), mask=msk)
+                    g = (dlogp[:, None] * (onehot - p) + dent[:, None] * p * (ez[:, None] - z)) * chain
+                g = tl.where(valid[:, None], g, 0.0)
+                tl.store(ptrs, g.to(LOGITS.dtype.element_ty), mask=msk)
         if WANT_ENT:
-            tl.store(ENT + row, tl.where(valid, lse - sum_pz, 0.0))
+            tl.store(ENT + rows, tl.where(valid, lse - sum_pz, 0.0), mask=rmask)
         if WANT_LSSP:
-            tl.store(LSSP + row, tl.where(valid, tl.log(sum_p2), 0.0))
+            tl.store(LSSP + rows, tl.where(valid, tl.log(sum_p2), 0.0), mask=rmask)
 
 
 def _chunk_rows(n_vocab: int, dtype: torch.dtype, chunk_rows: int | None) -> int:
@@ -174,17 +183,20 @@ def _launch_rows(logits, labels, out, lse, *, mode, ignore_index, logit_scale, s
     if not n_rows:
         return
     block = min(next_pow2(n_cols), BLOCK_V_MAX)
+    # One row per program on the GPU; several under the CPU interpreter, whose cost is per program
+    # and per op rather than per element.
+    rows = max(1, min(ROWS_MAX, 65536 // block)) if interpreting() else 1
     dummy = lse
-    ce_rows[(n_rows,)](
+    ce_rows[(triton.cdiv(n_rows, rows),)](
         logits, logits.stride(0), labels, out, lse,
         ent if ent is not None else dummy, top1 if top1 is not None else dummy,
         meanz if meanz is not None else dummy, lssp if lssp is not None else dummy,
         gscale if gscale is not None else dummy, dlogp if dlogp is not None else dummy,
         dent if dent is not None else dummy,
-        n_cols, float(logit_scale), float(softcap or 1.0), 1.0 / float(temperature), int(ignore_index),
+        n_rows, n_cols, float(logit_scale), float(softcap or 1.0), 1.0 / float(temperature), int(ignore_index),
         MODE=mode, HAS_SOFTCAP=bool(softcap), WANT_ENT=ent is not None and mode != MODE_RECOMPUTE,
         WANT_TOP1=top1 is not None, WANT_MEANZ=meanz is not None, WANT_LSSP=lssp is not None,
-        BLOCK_V=block, ACC=tl.float64 if logits.dtype == torch.float64 else tl.float32,
+        BLOCK_V=block, ROWS=rows, ACC=tl.float64 if logits.dtype == torch.float64 else tl.float32,
         num_warps=8 if block >= 2048 else 4)
 
 
@@ -230,7 +242,7 @@ class FusedLinearCEFunction(torch.autograd.Function):
                          temperature=1.0, gscale=inv,
                          top1=top1_rows[start:start + step] if top1_rows is not None else None)
             if need_dh:
-                grad_h.index_copy_(0, rows, torch.mm(logits, weight.to(logits.dtype)))
+                grad_h.index_copy_(0, rows, torch.mm(logits, weight.to(logits.dtype)).to(grad_h.dtype))
             if need_dw:
                 _addmm_f32(grad_w, logits.t(), hc)
             if need_db:
@@ -338,7 +350,7 @@ class SelectedLogprobFunction(torch.autograd.Function):
                          meanz=meanz[sl] if meanz is not None else None,
                          lssp=lssp[sl] if lssp is not None else None, **kw)
             if fast:
-                torch.mm(logits, weight.to(logits.dtype), out=g_rows[sl])
+                g_rows[sl] = torch.mm(logits, weight.to(logits.dtype))  # autocast: logits may differ from h
             del logits
         ctx.save_for_backward(hidden, weight, bias, y, idx, lse, ent, g_rows)
         ctx.kw, ctx.chunk_rows = kw, chunk_rows
@@ -394,7 +406,7 @@ class SelectedLogprobFunction(torch.autograd.Function):
             _launch_rows(logits, y.index_select(0, rows), scratch[: rows.numel()], lse[sl], mode=MODE_RECOMPUTE,
                          ent=ent[sl], dlogp=dlogp[sl], dent=dent[sl], **ctx.kw)
             if need_dh:
-                dh.index_copy_(0, rows, torch.mm(logits, weight.to(logits.dtype)))
+                dh.index_copy_(0, rows, torch.mm(logits, weight.to(logits.dtype)).to(dh.dtype))
             if need_dw:
                 _addmm_f32(dw32, logits.t(), hc)
             if need_db:

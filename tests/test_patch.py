@@ -248,3 +248,35 @@ def test_num_items_in_batch_reaches_the_fused_loss(no_interpreter):
     local = model(input_ids=ids, labels=labels).loss
     step = model(input_ids=ids, labels=labels, num_items_in_batch=torch.tensor(4 * n_real)).loss
     assert torch.allclose(step * 4, local, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_exact_gradient_accumulation_holds_with_the_triton_fused_loss(tmp_path, monkeypatch):
+    """The foundation GA test (batch 8 x GA 1 == batch 2 x GA 4, float64) with our fused head in the loss.
+
+    The SFT stage is wrapped so that `patch.apply` runs on the built trainer (taking over TRL's fused
+    head) with the Triton CE kernel under the interpreter; the naive per-micro-batch mean must still fail.
+    """
+    import test_ga
+    from ftcli.stages import sft
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    reports = []
+    real_build = sft.build_trainer
+
+    def build_and_patch(*args, **kwargs):
+        trainer = real_build(*args, **kwargs)
+        reports.append(patch.apply(trainer.model, ["fused_linear_ce"], impl="triton"))
+        return trainer
+
+    monkeypatch.setattr(sft, "build_trainer", build_and_patch)
+    with launched("ce_rows"):
+        big_w, _ = test_ga.run_once(tmp_path, "b8ga1", 8, 1)
+        acc_w, _ = test_ga.run_once(tmp_path, "b2ga4", 2, 4)
+    monkeypatch.setattr(sft, "EXACT_GA", False)
+    naive_w, _ = test_ga.run_once(tmp_path, "naive", 2, 4)
+    assert all(r.applied == ["fused_linear_ce"] and r.impl == "triton" for r in reports) and len(reports) == 3
+    scale = test_ga.update_size(big_w)
+    exact, naive = test_ga.max_weight_diff(big_w, acc_w), test_ga.max_weight_diff(big_w, naive_w)
+    assert exact < 1e-9 * scale
+    assert naive > 1e-2 * scale
