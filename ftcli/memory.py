@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GiB = 1024**3
-WORKSPACE_BYTES = 1.0 * GiB      # CUDA context, cuBLAS workspace, allocator slack
+WORKSPACE_BYTES = 0.5 * GiB      # cuBLAS workspace and allocator slack (the CUDA context is not counted)
 NF4_BYTES_PER_PARAM = 0.5 + 0.03  # 4-bit values, plus double-quantised absmax per 64-block
-LOSS_TILE_TOKENS = 4096           # TRL's fused LM head scores this many tokens at a time (upper bound)
+LOSS_TILE_TOKENS = 2048           # tokens per chunk of the fused loss (512 MiB of bf16 logits at V = 128k)
 
 
 @dataclass
@@ -108,8 +108,8 @@ def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_i
         activations = shape.layers * tokens * shape.hidden * dtype_bytes + per_layer
     else:
         activations = shape.layers * per_layer
-    # Final norm output and its gradient, plus one tile of fp32 logits and their gradient.
-    loss_head = 2 * tokens * shape.hidden * dtype_bytes + 2 * min(tokens, LOSS_TILE_TOKENS) * shape.vocab * 4
+    # Final norm output and its gradient, plus one chunk of logits (model dtype) and their fp32 gradient.
+    loss_head = 2 * tokens * shape.hidden * dtype_bytes + min(tokens, LOSS_TILE_TOKENS) * shape.vocab * (dtype_bytes + 4)
     return Estimate(weights=weights, trainable_state=state, activations=activations, loss_head=loss_head,
                     workspace=WORKSPACE_BYTES, trainable_params=trainable)
 
