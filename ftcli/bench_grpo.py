@@ -274,7 +274,8 @@ def run_in_subprocess(spec: dict, timeout: float) -> GrpoBenchResult:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return GrpoBenchResult(shape=spec["shape"], mode=spec["mode"], ok=False, error=f"timed out after {timeout:.0f} s")
+        return GrpoBenchResult(shape=spec["shape"], mode=spec["mode"], ok=False,
+                               error=f"timed out after {timeout:.0f} s")
     for line in out.stdout.splitlines():
         if line.startswith("FTCLI_GRPO_BENCH "):
             return GrpoBenchResult(**json.loads(line.split(" ", 1)[1]))

@@ -25,7 +25,7 @@ import re
 import sys
 from typing import Annotated, Any, Callable, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ftcli.errors import BadInput
 
@@ -236,8 +236,8 @@ def parse_specs(items: Any) -> list:
             continue
         try:
             out.append(cls.model_validate(item))
-        except Exception as err:  # pydantic ValidationError: flatten to one line per problem
-            for e in getattr(err, "errors", lambda: [{"loc": (), "msg": str(err)}])():
+        except ValidationError as err:  # one line per problem
+            for e in err.errors():
                 where = ".".join(str(p) for p in e["loc"])
                 msg = str(e["msg"]).removeprefix("Value error, ")
                 problems.append(f"reward {i + 1} ({kind}){' `' + where + '`' if where else ''}: {msg}")
@@ -537,7 +537,8 @@ def import_function(path: str, where: str) -> Callable:
     if fn is None:
         names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         close = difflib.get_close_matches(attr, names, n=1)
-        hint = f"did you mean {module_name}:{close[0]}?" if close else f"callables in {module_name}: {', '.join(names) or 'none'}"
+        hint = (f"did you mean {module_name}:{close[0]}?" if close
+                else f"callables in {module_name}: {', '.join(names) or 'none'}")
         raise BadInput(f"{where}: module {module_name!r} has no function {attr!r}", hint=hint)
     if not callable(fn):
         raise BadInput(f"{where}: {path} is a {type(fn).__name__}, not a function")

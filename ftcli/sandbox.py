@@ -53,7 +53,8 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 def _hook(event, args):
     if event == "open":
         mode, flags = args[1], args[2]
-        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & _WRITE_FLAGS):
+        writes = isinstance(mode, str) and any(c in mode for c in "wax+")
+        if writes or (isinstance(flags, int) and flags & _WRITE_FLAGS):
             raise PermissionError("sandbox: writing files is not allowed")
     elif event.startswith(_BLOCKED_PREFIXES):
         raise PermissionError(f"sandbox: {event} is not allowed")

@@ -292,12 +292,14 @@ def build_datasets(recipe: Recipe, train_rows: list, eval_rows: list, template, 
     stage = recipe.train.stage
     if stage == "sft":
         length = recipe.model.max_seq_length
-        build = lambda rows: data.build_sft(rows, template, tokenizer, recipe.template.train_on, length, report)  # noqa: E731
+        def build(rows):
+            return data.build_sft(rows, template, tokenizer, recipe.template.train_on, length, report)
     else:
         from ftcli.stages import dpo, grpo
 
         module = dpo if stage == "dpo" else grpo
-        build = lambda rows: module.build_dataset(rows, template, tokenizer, recipe, report)  # noqa: E731
+        def build(rows):
+            return module.build_dataset(rows, template, tokenizer, recipe, report)
     return build(train_rows), (build(eval_rows) if eval_rows else None)
 
 

@@ -221,16 +221,17 @@ def test_code_tests_contain_infinite_loop_memory_bomb_and_file_writes(tmp_path):
     target = tmp_path / f"pwned-{uuid.uuid4().hex}"
     victim = tmp_path / "keep.txt"
     victim.write_text("precious")
+    add = "\ndef add(a, b):\n    return a + b"
     adversarial = {
         "infinite loop": "def add(a, b):\n    while True:\n        pass\nadd(1, 2)",
         "memory bomb": "blob = bytearray(8 * 1024 ** 3)\ndef add(a, b):\n    return a + b",
         "list bomb": "xs = [0] * (10 ** 10)\ndef add(a, b):\n    return a + b",
         "file write": f"open({str(target)!r}, 'w').write('x')\ndef add(a, b):\n    return a + b",
-        "os.open write": f"import os\nos.open({str(target)!r}, os.O_CREAT | os.O_WRONLY)\ndef add(a, b):\n    return a + b",
+        "os.open write": f"import os\nos.open({str(target)!r}, os.O_CREAT | os.O_WRONLY)" + add,
         "truncate": f"open({str(victim)!r}, 'w')\ndef add(a, b):\n    return a + b",
         "delete": f"import os\nos.remove({str(victim)!r})\ndef add(a, b):\n    return a + b",
         "shell": f"import os\nos.system('touch {target}')\ndef add(a, b):\n    return a + b",
-        "subprocess": f"import subprocess\nsubprocess.run(['touch', {str(target)!r}])\ndef add(a, b):\n    return a + b",
+        "subprocess": f"import subprocess\nsubprocess.run(['touch', {str(target)!r}])" + add,
         "output flood": "print('x' * 10 ** 8)\ndef add(a, b):\n    return a + b",
         "fork": "import os\nos.fork()\ndef add(a, b):\n    return a + b",
     }
