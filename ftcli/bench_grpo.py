@@ -147,6 +147,7 @@ def _trl_trainer(spec: dict, model, tokenizer, dataset, out_dir: str):
 
 def _ftcli_trainer(spec: dict, model, tokenizer, dataset, out_dir: str):
     import torch
+    from transformers import set_seed
 
     from ftcli import chat, models
     from ftcli import train as training
@@ -169,6 +170,7 @@ def _ftcli_trainer(spec: dict, model, tokenizer, dataset, out_dir: str):
         "output_dir": out_dir,
     })
     template = chat.load_family("qwen3" if "qwen" in SHAPES[spec["shape"]][1] else "llama3")
+    set_seed(0)  # as GRPOTrainer does before it wraps the model: the same LoRA A in both modes
     model = models.add_lora(model, recipe.lora, True)
     trainer = grpo.build_trainer(recipe, model, tokenizer, template, dataset, None, out_dir,
                                  training.precision_flags(torch.bfloat16 if cuda else torch.float32), [], [],
@@ -219,6 +221,7 @@ def run_mode(spec: dict) -> GrpoBenchResult:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         sync()
+        torch.manual_seed(1000 + len(result.generation_times))  # both modes sample the same completions
         began = time.perf_counter()
         out = generate(inputs)
         sync()
@@ -294,10 +297,15 @@ def table(results: list[GrpoBenchResult]) -> str:
                      f"{r.generation_peak_gib:14.2f} {r.step_seconds:7.2f} {r.generation_seconds:7.2f} "
                      f"{r.first_loss:9.5f}")
     ok = {r.mode: r for r in results if r.ok}
-    if "trl" in ok and "ftcli" in ok and ok["trl"].training_gib > 0:
-        ratio = ok["ftcli"].training_gib / ok["trl"].training_gib
-        lines.append(f"ftcli training memory = {ratio:.2f}x plain TRL's (bar: <= 0.50x); "
-                     f"step time {ok['ftcli'].step_seconds / max(ok['trl'].step_seconds, 1e-9):.2f}x")
+    if "trl" in ok and "ftcli" in ok:
+        if ok["trl"].training_gib > 0:
+            ratio = ok["ftcli"].training_gib / ok["trl"].training_gib
+            lines.append(f"ftcli training memory = {ratio:.2f}x plain TRL's (bar: <= 0.50x); "
+                         f"step time {ok['ftcli'].step_seconds / max(ok['trl'].step_seconds, 1e-9):.2f}x")
+        a, b = ok["ftcli"].first_grad_norm, ok["trl"].first_grad_norm
+        apart = abs(a - b) / max(abs(b), 1e-12)
+        lines.append(f"first-step LoRA grad norm: ftcli {a:.5f}, TRL {b:.5f} ({apart:.2%} apart; same seeds, so "
+                     "the same completions)")
     return "\n".join(lines)
 
 
