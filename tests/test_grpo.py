@@ -282,3 +282,17 @@ def test_sft_then_dpo_then_grpo_continue_one_adapter(tmp_path, monkeypatch):
     changed = load_file(grpo_run.adapter_dir / "adapter_model.safetensors")
     assert changed.keys() == saved.keys()
     assert any(not torch.equal(changed[k], saved[k]) for k in saved)
+
+
+@pytest.mark.slow
+def test_grpo_bench_plumbing_on_the_cpu(tmp_path):
+    """`python -m ftcli.bench_grpo` (run on a GPU by the lead): both modes train, from the same seeds."""
+    from ftcli import bench_grpo
+
+    spec = dict(shape="tiny-llama", generations=4, prompt_tokens=16, completion_tokens=6, steps=1, kernels=False,
+                sequences_per_forward=1)
+    trl_result = bench_grpo.run_mode({**spec, "mode": "trl", "out_dir": str(tmp_path / "trl")})
+    ours = bench_grpo.run_mode({**spec, "mode": "ftcli", "out_dir": str(tmp_path / "ftcli")})
+    assert trl_result.ok and ours.ok and ours.mean_completion_length == 6.0
+    assert ours.first_grad_norm == pytest.approx(trl_result.first_grad_norm, rel=1e-4)
+    assert "first-step LoRA grad norm" in bench_grpo.table([trl_result, ours])
