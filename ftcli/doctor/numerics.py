@@ -89,13 +89,18 @@ def packing_check(model, samples: list[dict], pad_id: int, tol: float, packing_o
         positions += list(range(len(s["input_ids"])))
     packed = {"input_ids": torch.tensor([ids], device=device), "labels": torch.tensor([labels], device=device),
               "position_ids": torch.tensor([positions], device=device)}
+    impl = getattr(model.config, "_attn_implementation", "?")
+    if "flash" not in str(impl):  # the block-diagonal mask ftcli's SFT stage adds for packed rows
+        from ftcli.stages.sft import BlockDiagonalPacking
+
+        row = dict(packed)
+        packed = BlockDiagonalPacking(lambda _examples: row)(None)
     try:
         got = _loss(model, packed)
     except Exception as err:  # noqa: BLE001
         return _finding("numerics-packing", "error" if packing_on else "warning",
                         f"the model cannot run packed sequences ({type(err).__name__}: {err})")
     diff = abs(got - unpacked) / max(abs(unpacked), 1e-12)
-    impl = getattr(model.config, "_attn_implementation", "?")
     detail = f"padded batch {unpacked:.6f}, packed row {got:.6f} (relative difference {diff:.1e}, attention {impl})"
     if diff > tol:
         return _finding("numerics-packing", "error" if packing_on else "warning",

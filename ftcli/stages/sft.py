@@ -90,7 +90,7 @@ class BlockDiagonalPacking:
         positions = batch["position_ids"][0]
         segment = (positions == 0).cumsum(0)
         n = positions.shape[0]
-        causal = torch.ones(n, n, dtype=torch.bool).tril()
+        causal = torch.ones(n, n, dtype=torch.bool, device=positions.device).tril()
         batch["attention_mask"] = (causal & (segment[:, None] == segment[None, :]))[None, None]
         for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"):
             batch.pop(key, None)
