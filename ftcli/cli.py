@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ftcli import __version__
@@ -120,7 +121,7 @@ def train(
         _print_plan(recipe)
         with _progress() as progress:
             result = training.run(recipe, overwrite=overwrite, dry_run=dry_run, resume=resume,
-                                  log=lambda msg: console.print(f"[dim]·[/] {msg}", highlight=False),
+                                  log=lambda msg: console.print(f"[dim]·[/] {escape(msg)}", highlight=False),
                                   callbacks=[progress])
     except FtcliError as err:
         if distributed.world_size() > 1:

@@ -374,6 +374,10 @@ def save_outputs(recipe: Recipe, model, tokenizer, template, result: RunResult) 
         else:
             merged = merge_adapter(recipe.model.name, result.adapter_dir, models.pick_dtype(recipe.model),
                                    recipe.model.trust_remote_code)
+            if recipe.model.doctor == "fix":  # the base was reloaded: its embedding/config fixes are needed again
+                from ftcli import doctor
+
+                doctor.reapply(merged, tokenizer, template, recipe)
         result.merged_dir = save_merged(merged, tokenizer, template.source, run_dir / "merged")
     if {"gguf", "ollama"} & set(recipe.export.formats):
         from ftcli.export.run import export_after_training
