@@ -10,7 +10,6 @@ match plain Hugging Face's.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import statistics

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures" / "real-world"
+
+
+def fixtures_dir() -> Path:
+    """../shared/fixtures/real-world: skipped on a user's fresh clone, required under CI=true."""
+    if not FIXTURES.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"real-world fixtures missing at {FIXTURES} (CI must not skip these)")
+        pytest.skip(f"real-world fixtures not found at {FIXTURES}")
+    return FIXTURES
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

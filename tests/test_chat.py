@@ -7,9 +7,6 @@ the family's special tokens, wrapped in a real transformers fast tokenizer.
 from __future__ import annotations
 
 import functools
-import os
-import sys
-from pathlib import Path
 
 import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -18,7 +15,8 @@ from transformers import PreTrainedTokenizerFast
 from ftcli import chat
 from ftcli.chat import FAMILIES, ChatTemplateError, encode, family_info, load_family, prompt_ids, render, resolve
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real-world"
+import support  # noqa: E402
+from support import fixtures_dir  # noqa: E402
 
 # Our family -> the released template it must equal byte for byte.
 FIXTURE_OF = {
@@ -39,12 +37,6 @@ Q2, A2 = "And of Italy?", "Rome is the capital of Italy."
 CORPUS = [SYSTEM, Q1, A1, Q2, A2, "system user assistant model", "Hello there, how are you today?"] * 3
 
 
-def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"real-world fixtures missing at {FIXTURES} (CI must not skip these)")
-        pytest.skip(f"real-world fixtures not found at {FIXTURES}")
-    return FIXTURES
 
 
 def build_tokenizer(family: str, add_bos: bool | None = None, bos: str | None = "") -> PreTrainedTokenizerFast:
@@ -110,7 +102,7 @@ def test_families_listed():
 
 
 def test_missing_fixtures_skip_locally_but_fail_in_ci(monkeypatch, tmp_path):
-    monkeypatch.setattr(sys.modules[__name__], "FIXTURES", tmp_path / "absent")
+    monkeypatch.setattr(support, "FIXTURES", tmp_path / "absent")
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception):
         fixtures_dir()

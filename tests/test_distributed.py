@@ -7,31 +7,18 @@ import sys
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
-from ftcli import rundir
-from support import write_jsonl, write_recipe
-from test_ga import STEPS, max_weight_diff, update_size, varlen_rows
+from support import write_recipe
+from test_ga import STEPS, ga_recipe, max_weight_diff, read_run, update_size
 
 
-def train(tmp_path, name, batch, accum, nproc=1, **train_extra):
-    data = write_jsonl(tmp_path / "varlen.jsonl", varlen_rows())
-    path = write_recipe(
-        tmp_path / f"{name}.yaml",
-        model={"name": "builtin:tiny-llama3", "max_seq_length": 512, "dtype": "float64"},
-        dataset={"path": str(data), "format": "messages"},
-        lora={"r": 8, "alpha": 16, "dropout": 0.0},
-        train={"max_steps": STEPS, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accum,
-               "optim": "sgd", "learning_rate": 0.2, "lr_scheduler_type": "constant", "max_grad_norm": 0.0,
-               "logging_steps": 1, "seed": 7, **train_extra},
-        output_dir=str(tmp_path / name))
+def train(tmp_path, name, batch, accum, nproc=1):
+    path = ga_recipe(tmp_path, name, batch, accum)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "ftcli", "train", str(path), "--nproc", str(nproc)],
                          capture_output=True, text=True, env=env, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     run = tmp_path / name
-    weights = load_file(run / "adapter" / "adapter_model.safetensors")
-    losses = [m["loss"] for m in rundir.read_metrics(run / "metrics.jsonl") if "loss" in m]
+    weights, losses = read_run(run)
     return weights, losses, yaml.safe_load((run / "recipe.resolved.yaml").read_text())["_run"], out
 
 

@@ -9,19 +9,12 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
 
 os.environ.setdefault("FTCLI_DOCTOR_STRICT", "1")  # a crashing check fails the test instead of becoming info
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real-world"
+from support import FIXTURES, fixtures_dir  # noqa: E402,F401  (re-exported for the doctor tests)
 
 
-def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"real-world fixtures missing at {FIXTURES} (CI must not skip these)")
-        pytest.skip(f"real-world fixtures not found at {FIXTURES}")
-    return FIXTURES
 
 
 @functools.lru_cache(maxsize=None)

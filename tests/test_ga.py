@@ -25,9 +25,10 @@ def varlen_rows():
     return rows
 
 
-def run_once(tmp_path, name, batch, accum):
+def ga_recipe(tmp_path, name, batch, accum):
+    """The GA comparison recipe: float64, plain SGD, constant LR, no clipping, on the variable-length rows."""
     data = write_jsonl(tmp_path / "varlen.jsonl", varlen_rows())
-    path = write_recipe(
+    return write_recipe(
         tmp_path / f"{name}.yaml",
         model={"name": "builtin:tiny-llama3", "max_seq_length": 512, "dtype": "float64"},
         dataset={"path": str(data), "format": "messages"},
@@ -37,10 +38,18 @@ def run_once(tmp_path, name, batch, accum):
                "logging_steps": 1, "seed": 7},
         output_dir=str(tmp_path / name),
     )
-    result = training.run(recipe.load(path))
-    weights = load_file(result.adapter_dir / "adapter_model.safetensors")
-    losses = [m["loss"] for m in rundir.read_metrics(result.run_dir / "metrics.jsonl") if "loss" in m]
+
+
+def read_run(run_dir):
+    """(LoRA weights, logged losses) of a finished run, read back from its directory."""
+    weights = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    losses = [m["loss"] for m in rundir.read_metrics(run_dir / "metrics.jsonl") if "loss" in m]
     return weights, losses
+
+
+def run_once(tmp_path, name, batch, accum):
+    result = training.run(recipe.load(ga_recipe(tmp_path, name, batch, accum)))
+    return read_run(result.run_dir)
 
 
 def max_weight_diff(a, b):

@@ -254,28 +254,27 @@ def test_num_items_in_batch_reaches_the_fused_loss(no_interpreter):
 def test_exact_gradient_accumulation_holds_with_the_triton_fused_loss(tmp_path, monkeypatch):
     """The foundation GA test (batch 8 x GA 1 == batch 2 x GA 4, float64) with our fused head in the loss.
 
-    The SFT stage is wrapped so that `patch.apply` runs on the built trainer (taking over TRL's fused
-    head) with the Triton CE kernel under the interpreter; the naive per-micro-batch mean must still fail.
+    The runner's `patch.apply` (train.kernels) is narrowed to the fused CE op with Triton under the
+    interpreter (it takes over TRL's fused head); the naive per-micro-batch mean must still fail.
     """
     import test_ga
     from ftcli.stages import sft
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     reports = []
-    real_build = sft.build_trainer
+    real_apply = patch.apply
 
-    def build_and_patch(*args, **kwargs):
-        trainer = real_build(*args, **kwargs)
-        reports.append(patch.apply(trainer.model, ["fused_linear_ce"], impl="triton"))
-        return trainer
+    def fused_ce_only(model, ops="auto", log=lambda _: None, impl="auto"):
+        reports.append(real_apply(model, ["fused_linear_ce"], log=log, impl="triton"))
+        return reports[-1]
 
-    monkeypatch.setattr(sft, "build_trainer", build_and_patch)
+    monkeypatch.setattr(patch, "apply", fused_ce_only)
     with launched("ce_rows"):
         big_w, _ = test_ga.run_once(tmp_path, "b8ga1", 8, 1)
         acc_w, _ = test_ga.run_once(tmp_path, "b2ga4", 2, 4)
     monkeypatch.setattr(sft, "EXACT_GA", False)
     naive_w, _ = test_ga.run_once(tmp_path, "naive", 2, 4)
-    assert all(r.applied == ["fused_linear_ce"] and r.impl == "triton" for r in reports) and len(reports) == 3
+    assert len(reports) == 3 and all(r.applied == ["fused_linear_ce"] and r.impl == "triton" for r in reports)
     scale = test_ga.update_size(big_w)
     exact, naive = test_ga.max_weight_diff(big_w, acc_w), test_ga.max_weight_diff(big_w, naive_w)
     assert exact < 1e-9 * scale
