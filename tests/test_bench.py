@@ -15,7 +15,7 @@ def test_llama_8b_lora_flops_per_token_match_the_research_table():
     assert lora / 1e9 == pytest.approx(0.25, abs=0.01)
 
 
-@pytest.mark.parametrize("arch", sorted(bench.SHAPES))
+@pytest.mark.parametrize("arch", sorted(a for a in bench.SHAPES if not a.startswith("tiny")))
 def test_every_shape_builds_a_config(arch):
     config = bench.make_config(arch)
     assert config.num_hidden_layers > 10 and config.vocab_size > 100_000
