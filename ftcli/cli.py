@@ -21,7 +21,7 @@ from ftcli.errors import BadInput, FtcliError, RecipeError
 
 app = typer.Typer(
     name="ftcli",
-    help="Finetune open LLMs from one YAML recipe: SFT with LoRA, QLoRA or full weights.",
+    help="Finetune open LLMs from one YAML recipe: SFT, DPO or GRPO with LoRA, QLoRA or full weights.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
