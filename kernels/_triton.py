@@ -60,6 +60,14 @@ def triton_runnable(device: torch.device | str | None = None) -> bool:
     return False
 
 
+def acc_type(*tensors: torch.Tensor):
+    """Triton compute dtype for a kernel: fp32, or fp64 when an input is fp64 (the exact-GA tests run
+    whole models in float64 and must stay exact to rounding there)."""
+    import triton.language as tl
+
+    return tl.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else tl.float32
+
+
 def next_pow2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 

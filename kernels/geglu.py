@@ -21,29 +21,29 @@ except ImportError:
 
 
 @kernel
-def geglu_fwd(E, G, H, se, sg, sh, n_cols, BLOCK: tl.constexpr):
+def geglu_fwd(E, G, H, se, sg, sh, n_cols, BLOCK: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < n_cols
-    e = tl.load(E + row * se + cols, mask=m, other=0.0).to(tl.float32)
-    g = tl.load(G + row * sg + cols, mask=m, other=0.0).to(tl.float32)
+    e = tl.load(E + row * se + cols, mask=m, other=0.0).to(ACC)
+    g = tl.load(G + row * sg + cols, mask=m, other=0.0).to(ACC)
     u = 0.7978845608028654 * (e + 0.044715 * e * e * e)
     # sigmoid saturates long before |2u| = 80; the clamp only keeps exp() finite
-    f = (e * tl.sigmoid(tl.minimum(tl.maximum(2.0 * u, -80.0), 80.0))).to(H.dtype.element_ty).to(tl.float32)
+    f = (e * tl.sigmoid(tl.minimum(tl.maximum(2.0 * u, -80.0), 80.0))).to(H.dtype.element_ty).to(ACC)
     tl.store(H + row * sh + cols, (f * g).to(H.dtype.element_ty), mask=m)
 
 
 @kernel
-def geglu_bwd(DH, E, G, DE, DG, sdh, se, sg, sde, sdg, n_cols, BLOCK: tl.constexpr):
+def geglu_bwd(DH, E, G, DE, DG, sdh, se, sg, sde, sdg, n_cols, BLOCK: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < n_cols
-    dh = tl.load(DH + row * sdh + cols, mask=m, other=0.0).to(tl.float32)
-    e = tl.load(E + row * se + cols, mask=m, other=0.0).to(tl.float32)
-    g = tl.load(G + row * sg + cols, mask=m, other=0.0).to(tl.float32)
+    dh = tl.load(DH + row * sdh + cols, mask=m, other=0.0).to(ACC)
+    e = tl.load(E + row * se + cols, mask=m, other=0.0).to(ACC)
+    g = tl.load(G + row * sg + cols, mask=m, other=0.0).to(ACC)
     u = 0.7978845608028654 * (e + 0.044715 * e * e * e)
     s = tl.sigmoid(tl.minimum(tl.maximum(2.0 * u, -80.0), 80.0))
-    f = (e * s).to(DG.dtype.element_ty).to(tl.float32)
+    f = (e * s).to(DG.dtype.element_ty).to(ACC)
     du = 0.7978845608028654 * (1.0 + 0.134145 * e * e)
     df = s + 2.0 * e * s * (1.0 - s) * du
     tl.store(DG + row * sdg + cols, (dh * f).to(DG.dtype.element_ty), mask=m)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import kernel, next_pow2
+from ._triton import acc_type, kernel, next_pow2
 
 try:
     import triton
@@ -49,7 +49,7 @@ INTERPRET_META = dict(BM=32, BN=64, BK=32, GROUP_M=2)
 def lora_mm(A1, B1, A2, B2, BIAS, C, M, N, K1, K2, scale,
             s_a1m, s_a1k, s_b1k, s_b1n, s_a2m, s_a2k, s_b2k, s_b2n, s_cm, s_cn,
             HAS_BIAS: tl.constexpr, IEEE2: tl.constexpr, BK2: tl.constexpr,
-            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, ACC: tl.constexpr):
     """C = A1 @ B1 + scale * (A2 @ B2) (+ bias), all strides explicit, fp32 accumulation."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BM)
@@ -65,7 +65,7 @@ def lora_mm(A1, B1, A2, B2, BIAS, C, M, N, K1, K2, scale,
     n_ok = rn < N
 
     rk = tl.arange(0, BK)
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc = tl.zeros((BM, BN), dtype=ACC)
     a_ptr = A1 + rm[:, None] * s_a1m + rk[None, :] * s_a1k
     b_ptr = B1 + rk[:, None] * s_b1k + rn[None, :] * s_b1n
     for k in range(0, K1, BK):
@@ -77,7 +77,7 @@ def lora_mm(A1, B1, A2, B2, BIAS, C, M, N, K1, K2, scale,
         b_ptr += BK * s_b1k
 
     rk2 = tl.arange(0, BK2)
-    acc2 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc2 = tl.zeros((BM, BN), dtype=ACC)
     for k in range(0, K2, BK2):
         k_ok = (rk2 + k) < K2
         a2 = tl.load(A2 + rm[:, None] * s_a2m + (rk2 + k)[None, :] * s_a2k, mask=m_ok[:, None] & k_ok[None, :],
@@ -88,9 +88,9 @@ def lora_mm(A1, B1, A2, B2, BIAS, C, M, N, K1, K2, scale,
             acc2 = tl.dot(a2, b2, acc2, input_precision="ieee")
         else:
             acc2 = tl.dot(a2, b2, acc2)
-    acc += acc2 * tl.cast(scale, tl.float32)
+    acc += acc2 * tl.cast(scale, ACC)
     if HAS_BIAS:
-        acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(BIAS + rn, mask=n_ok, other=0.0).to(ACC)[None, :]
     tl.store(C + rm[:, None] * s_cm + rn[None, :] * s_cn, acc.to(C.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 
@@ -113,7 +113,8 @@ def _mm_plus_lowrank(a1, b1_kn_strides, b1, a2, b2_kn_strides, b2, scale, bias, 
         a1, b1, a2, b2, bias if bias is not None else c, c, M, N, K1, K2, float(scale),
         a1.stride(0), a1.stride(1), b1_kn_strides[0], b1_kn_strides[1],
         a2.stride(0), a2.stride(1), b2_kn_strides[0], b2_kn_strides[1], c.stride(0), c.stride(1),
-        HAS_BIAS=bias is not None, IEEE2=b2.dtype == torch.float32, BK2=max(16, min(next_pow2(K2), 64)))
+        HAS_BIAS=bias is not None, IEEE2=b2.dtype == torch.float32, BK2=max(16, min(next_pow2(K2), 64)),
+        ACC=acc_type(a1, b2))
     return c
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import kernel, next_pow2, num_warps_for
+from ._triton import acc_type, kernel, next_pow2, num_warps_for
 
 try:
     import triton.language as tl
@@ -28,59 +28,62 @@ except ImportError:  # Triton is optional: the references still work
 
 @kernel
 def rms_norm_fwd(X, RES, W, Y, HOUT, RSTD, stride_x, stride_r, stride_y, stride_h, n_cols, eps,
-                 GEMMA: tl.constexpr, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                 GEMMA: tl.constexpr, HAS_RES: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(ACC)
     if HAS_RES:
-        res = tl.load(RES + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+        res = tl.load(RES + row * stride_r + cols, mask=mask, other=0.0).to(ACC)
         h = (x + res).to(HOUT.dtype.element_ty)
         tl.store(HOUT + row * stride_h + cols, h, mask=mask)
-        x = h.to(tl.float32)
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+        x = h.to(ACC)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(ACC)
     mean_sq = tl.sum(x * x, axis=0) / n_cols
-    rstd = 1.0 / tl.sqrt_rn(mean_sq + tl.cast(eps, tl.float32))
+    if ACC == tl.float64:
+        rstd = 1.0 / tl.sqrt(mean_sq + tl.cast(eps, ACC))
+    else:
+        rstd = 1.0 / tl.sqrt_rn(mean_sq + tl.cast(eps, ACC))  # IEEE-rounded, like torch.rsqrt's fp32
     tl.store(RSTD + row, rstd)
     xhat = x * rstd
     if GEMMA:
         y = xhat * (1.0 + w)
     else:
-        y = xhat.to(X.dtype.element_ty).to(tl.float32) * w
+        y = xhat.to(X.dtype.element_ty).to(ACC) * w
     tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
 @kernel
 def rms_norm_bwd(DY, X, W, RSTD, DX, DRES, DWP, stride_dy, stride_x, stride_dx, stride_dres, n_rows, n_cols,
                  rows_per_prog, GEMMA: tl.constexpr, HAS_DRES: tl.constexpr, COMPUTE_DW: tl.constexpr,
-                 BLOCK: tl.constexpr):
+                 BLOCK: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(ACC)
     if GEMMA:
         w = w + 1.0
-    dw = tl.zeros((BLOCK,), dtype=tl.float32)
+    dw = tl.zeros((BLOCK,), dtype=ACC)
     for i in range(0, rows_per_prog):
         row = pid * rows_per_prog + i
         in_range = row < n_rows
         rmask = cols < tl.where(in_range, n_cols, 0)  # (a scalar-bool & vector-bool trips the interpreter)
         row = row.to(tl.int64)
-        x = tl.load(X + row * stride_x + cols, mask=rmask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + row * stride_dy + cols, mask=rmask, other=0.0).to(tl.float32)
+        x = tl.load(X + row * stride_x + cols, mask=rmask, other=0.0).to(ACC)
+        dy = tl.load(DY + row * stride_dy + cols, mask=rmask, other=0.0).to(ACC)
         rstd = tl.load(RSTD + row, mask=in_range, other=0.0)
         xhat = x * rstd
         g = dy * w
         c = tl.sum(g * xhat, axis=0) / n_cols
         dx = rstd * (g - xhat * c)
         if HAS_DRES:
-            dx += tl.load(DRES + row * stride_dres + cols, mask=rmask, other=0.0).to(tl.float32)
+            dx += tl.load(DRES + row * stride_dres + cols, mask=rmask, other=0.0).to(ACC)
         tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=rmask)
         if COMPUTE_DW:
             if GEMMA:
                 dw += dy * xhat
             else:
-                dw += dy * xhat.to(X.dtype.element_ty).to(tl.float32)
+                dw += dy * xhat.to(X.dtype.element_ty).to(ACC)
     if COMPUTE_DW:
         tl.store(DWP + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
 
@@ -98,13 +101,15 @@ def _forward(x2, res2, weight, eps, gemma):
     n_rows, n_cols = x2.shape
     y = torch.empty((n_rows, n_cols), dtype=_out_dtype(x2, weight, gemma), device=x2.device)
     h = torch.empty_like(x2) if res2 is not None else None
-    rstd = torch.empty(n_rows, dtype=torch.float32, device=x2.device)
+    rstd = torch.empty(n_rows, dtype=torch.float64 if x2.dtype == torch.float64 else torch.float32,
+                       device=x2.device)
     block = next_pow2(n_cols)
     if n_rows:
         rms_norm_fwd[(n_rows,)](
             x2, res2 if res2 is not None else x2, weight, y, h if h is not None else y, rstd,
             x2.stride(0), res2.stride(0) if res2 is not None else 0, y.stride(0), h.stride(0) if h is not None else 0,
-            n_cols, eps, GEMMA=gemma, HAS_RES=res2 is not None, BLOCK=block, num_warps=num_warps_for(block))
+            n_cols, eps, GEMMA=gemma, HAS_RES=res2 is not None, BLOCK=block, ACC=acc_type(x2),
+            num_warps=num_warps_for(block))
     return y, h, rstd
 
 
@@ -117,17 +122,17 @@ def _backward(dy2, x2, weight, rstd, dres2, gemma, need_dw):
     else:
         progs = max(n_rows, 1)
     rows_per_prog = -(-n_rows // progs) if n_rows else 0
-    dwp = torch.empty((progs, n_cols), dtype=torch.float32, device=x2.device) if need_dw else rstd
+    dwp = torch.empty((progs, n_cols), dtype=rstd.dtype, device=x2.device) if need_dw else rstd
     block = next_pow2(n_cols)
     if n_rows:
         rms_norm_bwd[(progs,)](
             dy2, x2, weight, rstd, dx, dres2 if dres2 is not None else dx, dwp,
             dy2.stride(0), x2.stride(0), dx.stride(0), dres2.stride(0) if dres2 is not None else 0,
             n_rows, n_cols, rows_per_prog, GEMMA=gemma, HAS_DRES=dres2 is not None, COMPUTE_DW=need_dw,
-            BLOCK=block, num_warps=num_warps_for(block))
+            BLOCK=block, ACC=acc_type(x2), num_warps=num_warps_for(block))
     dw = None
     if need_dw:
-        dw = (dwp.sum(0) if n_rows else torch.zeros(n_cols, dtype=torch.float32, device=x2.device)).to(weight.dtype)
+        dw = (dwp.sum(0) if n_rows else torch.zeros(n_cols, dtype=rstd.dtype, device=x2.device)).to(weight.dtype)
     return dx, dw
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import kernel, next_pow2
+from ._triton import acc_type, kernel, next_pow2
 
 try:
     import triton.language as tl
@@ -31,7 +31,8 @@ def rope_qk(Q, K, QO, KO, COS, SIN, POS,
             sc_b, sc_t, sp_b, sp_t,
             T, HQ, HK, HALF, NPASS,
             HAS_POS: tl.constexpr, BACKWARD: tl.constexpr, HAS_PASS: tl.constexpr,
-            BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr):
+            BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
+            ACC: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     b = pid // T
     t = pid % T
@@ -42,10 +43,10 @@ def rope_qk(Q, K, QO, KO, COS, SIN, POS,
         cs_off = b * sc_b + t * sc_t
     d = tl.arange(0, BLOCK_HALF)
     dmask = d < HALF
-    c1 = tl.load(COS + cs_off + d, mask=dmask, other=0.0).to(tl.float32)
-    c2 = tl.load(COS + cs_off + HALF + d, mask=dmask, other=0.0).to(tl.float32)
-    s1 = tl.load(SIN + cs_off + d, mask=dmask, other=0.0).to(tl.float32)
-    s2 = tl.load(SIN + cs_off + HALF + d, mask=dmask, other=0.0).to(tl.float32)
+    c1 = tl.load(COS + cs_off + d, mask=dmask, other=0.0).to(ACC)
+    c2 = tl.load(COS + cs_off + HALF + d, mask=dmask, other=0.0).to(ACC)
+    s1 = tl.load(SIN + cs_off + d, mask=dmask, other=0.0).to(ACC)
+    s2 = tl.load(SIN + cs_off + HALF + d, mask=dmask, other=0.0).to(ACC)
     if BACKWARD:
         # transpose of [[c1, -s1], [s2, c2]] is [[c1, s2], [-s1, c2]]
         a11, a12, a21, a22 = c1, s2, -s1, c2
@@ -57,8 +58,8 @@ def rope_qk(Q, K, QO, KO, COS, SIN, POS,
     m = (h[:, None] < HQ) & dmask[None, :]
     src = Q + b * sq_b + t * sq_t + h[:, None] * sq_h + d[None, :]
     dst = QO + b * sqo_b + t * sqo_t + h[:, None] * sqo_h + d[None, :]
-    x1 = tl.load(src, mask=m, other=0.0).to(tl.float32)
-    x2 = tl.load(src + HALF, mask=m, other=0.0).to(tl.float32)
+    x1 = tl.load(src, mask=m, other=0.0).to(ACC)
+    x2 = tl.load(src + HALF, mask=m, other=0.0).to(ACC)
     tl.store(dst, (x1 * a11[None, :] + x2 * a12[None, :]).to(QO.dtype.element_ty), mask=m)
     tl.store(dst + HALF, (x1 * a21[None, :] + x2 * a22[None, :]).to(QO.dtype.element_ty), mask=m)
     if HAS_PASS:
@@ -72,8 +73,8 @@ def rope_qk(Q, K, QO, KO, COS, SIN, POS,
     m = (h[:, None] < HK) & dmask[None, :]
     src = K + b * sk_b + t * sk_t + h[:, None] * sk_h + d[None, :]
     dst = KO + b * sko_b + t * sko_t + h[:, None] * sko_h + d[None, :]
-    x1 = tl.load(src, mask=m, other=0.0).to(tl.float32)
-    x2 = tl.load(src + HALF, mask=m, other=0.0).to(tl.float32)
+    x1 = tl.load(src, mask=m, other=0.0).to(ACC)
+    x2 = tl.load(src + HALF, mask=m, other=0.0).to(ACC)
     tl.store(dst, (x1 * a11[None, :] + x2 * a12[None, :]).to(KO.dtype.element_ty), mask=m)
     tl.store(dst + HALF, (x1 * a21[None, :] + x2 * a22[None, :]).to(KO.dtype.element_ty), mask=m)
     if HAS_PASS:
@@ -116,7 +117,7 @@ def _launch(q, k, cos, sin, position_ids, backward):
             T, HQ, HK, R // 2, npass,
             HAS_POS=position_ids is not None, BACKWARD=backward, HAS_PASS=npass > 0,
             BLOCK_HQ=next_pow2(HQ), BLOCK_HK=next_pow2(HK), BLOCK_HALF=next_pow2(R // 2),
-            BLOCK_PASS=next_pow2(max(npass, 1)), num_warps=4)
+            BLOCK_PASS=next_pow2(max(npass, 1)), ACC=acc_type(q, cos), num_warps=4)
     return qo, ko
 
 

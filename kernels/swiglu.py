@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import kernel, next_pow2
+from ._triton import acc_type, kernel, next_pow2
 
 try:
     import triton
@@ -21,26 +21,26 @@ except ImportError:
 
 
 @kernel
-def swiglu_fwd(E, G, H, se, sg, sh, n_cols, BLOCK: tl.constexpr):
+def swiglu_fwd(E, G, H, se, sg, sh, n_cols, BLOCK: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < n_cols
-    e = tl.load(E + row * se + cols, mask=m, other=0.0).to(tl.float32)
-    g = tl.load(G + row * sg + cols, mask=m, other=0.0).to(tl.float32)
-    f = (e * tl.sigmoid(e)).to(H.dtype.element_ty).to(tl.float32)
+    e = tl.load(E + row * se + cols, mask=m, other=0.0).to(ACC)
+    g = tl.load(G + row * sg + cols, mask=m, other=0.0).to(ACC)
+    f = (e * tl.sigmoid(e)).to(H.dtype.element_ty).to(ACC)
     tl.store(H + row * sh + cols, (f * g).to(H.dtype.element_ty), mask=m)
 
 
 @kernel
-def swiglu_bwd(DH, E, G, DE, DG, sdh, se, sg, sde, sdg, n_cols, BLOCK: tl.constexpr):
+def swiglu_bwd(DH, E, G, DE, DG, sdh, se, sg, sde, sdg, n_cols, BLOCK: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < n_cols
-    dh = tl.load(DH + row * sdh + cols, mask=m, other=0.0).to(tl.float32)
-    e = tl.load(E + row * se + cols, mask=m, other=0.0).to(tl.float32)
-    g = tl.load(G + row * sg + cols, mask=m, other=0.0).to(tl.float32)
+    dh = tl.load(DH + row * sdh + cols, mask=m, other=0.0).to(ACC)
+    e = tl.load(E + row * se + cols, mask=m, other=0.0).to(ACC)
+    g = tl.load(G + row * sg + cols, mask=m, other=0.0).to(ACC)
     sig = tl.sigmoid(e)
-    f = (e * sig).to(DG.dtype.element_ty).to(tl.float32)
+    f = (e * sig).to(DG.dtype.element_ty).to(ACC)
     tl.store(DG + row * sdg + cols, (dh * f).to(DG.dtype.element_ty), mask=m)
     tl.store(DE + row * sde + cols, (dh * g * sig * (1.0 + e * (1.0 - sig))).to(DE.dtype.element_ty), mask=m)
 
@@ -61,7 +61,7 @@ def launch_fwd(fwd, e, g):
     h = torch.empty((n_rows, n_cols), dtype=e.dtype, device=e.device)
     grid, block = _grid(n_rows, n_cols)
     if n_rows and n_cols:
-        fwd[grid](e2, g2, h, e2.stride(0), g2.stride(0), h.stride(0), n_cols, BLOCK=block)
+        fwd[grid](e2, g2, h, e2.stride(0), g2.stride(0), h.stride(0), n_cols, BLOCK=block, ACC=acc_type(e2))
     return h.view(*e.shape[:-1], n_cols)
 
 
@@ -72,7 +72,7 @@ def launch_bwd(bwd, dh, e, g, de, dg):
     grid, block = _grid(n_rows, n_cols)
     if n_rows and n_cols:
         bwd[grid](dh2, e2, g2, de, dg, dh2.stride(0), e2.stride(0), g2.stride(0), de.stride(0), dg.stride(0),
-                  n_cols, BLOCK=block)
+                  n_cols, BLOCK=block, ACC=acc_type(e2))
 
 
 def make_functions(fwd, bwd):
