@@ -93,3 +93,26 @@ def test_interpreter_rounds_bf16_like_the_gpu():
     with launched("cast_kernel"):
         k[(triton.cdiv(5000, 1024),)](x, y, 5000, BLOCK=1024)
     assert torch.equal(y, x.to(torch.bfloat16))
+
+
+def test_float64_inputs_are_computed_in_float64():
+    """The exact-GA tests run whole models in float64: every kernel must then stay exact to fp64 rounding."""
+    from ftcli.kernels import fused_linear_ce, geglu, lora_linear, rms_norm, rope, swiglu
+
+    g = torch.Generator().manual_seed(0)
+    f64 = dict(dtype=torch.float64)
+    x = torch.randn(3, 5, 40, generator=g, **f64)
+    w = torch.randn(40, generator=g, **f64)
+    tight = 1e-12
+    truth = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * (1 + w)  # (HF itself casts to fp32)
+    assert rel_err(rms_norm.rms_norm(x, w, 1e-6, gemma=True), truth) < tight
+    assert rel_err(swiglu.swiglu(x, x.flip(-1)), swiglu.swiglu_reference(x, x.flip(-1))) < tight
+    assert rel_err(geglu.geglu(x, x.flip(-1)), geglu.geglu_reference(x, x.flip(-1))) < tight
+    q, k = torch.randn(2, 4, 5, 16, generator=g, **f64), torch.randn(2, 2, 5, 16, generator=g, **f64)
+    cos, sin = torch.randn(2, 5, 16, generator=g, **f64), torch.randn(2, 5, 16, generator=g, **f64)
+    assert rel_err(rope.rope(q, k, cos, sin)[1], rope.rope_reference(q, k, cos, sin)[1]) < tight
+    W, A, B = (torch.randn(s, generator=g, **f64) for s in ((30, 40), (8, 40), (30, 8)))
+    assert rel_err(lora_linear.lora_linear(x, W, A, B, 2.0), lora_linear.lora_linear_reference(x, W, A, B, 2.0)) < tight
+    labels = torch.randint(0, 30, (3, 5), generator=g)
+    got = fused_linear_ce.selected_logprobs(x, W, labels)["log_probs"]
+    assert rel_err(got, fused_linear_ce.selected_logprobs_reference(x, W, labels)["log_probs"]) < tight

@@ -17,14 +17,22 @@ from test_kernels_util import TOL, launched, rel_err
 from ftcli import patch
 from ftcli.builtin import builtin_path
 
-ARCHS = ["tiny-llama3", "tiny-gemma3", "tiny-qwen3", "tiny-phi3", "tiny-mistral"]
-NORMS = {"tiny-llama3": 9, "tiny-gemma3": 25, "tiny-qwen3": 17, "tiny-phi3": 9, "tiny-mistral": 9}
+ARCHS = ["tiny-llama3", "tiny-gemma3", "tiny-qwen3", "tiny-phi3", "tiny-mistral", "qwen2"]
+NORMS = {"tiny-llama3": 9, "tiny-gemma3": 25, "tiny-qwen3": 17, "tiny-phi3": 9, "tiny-mistral": 9, "qwen2": 5}
 
 
 @functools.lru_cache(maxsize=None)
 def _base(name: str):
     from transformers import AutoModelForCausalLM
 
+    if name == "qwen2":  # no builtin: a small config with Qwen2's q/k/v biases and a sliding window
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        torch.manual_seed(0)
+        config = Qwen2Config(hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=300, max_position_embeddings=64,
+                             use_sliding_window=True, sliding_window=6, max_window_layers=1)
+        return Qwen2ForCausalLM(config).float()
     return AutoModelForCausalLM.from_pretrained(builtin_path(f"builtin:{name}"), dtype=torch.float32)
 
 
