@@ -99,3 +99,20 @@ def test_non_finite_gradient_is_caught_before_the_optimizer_step():
     state = type("State", (), {"global_step": 6})()
     with pytest.raises(NonFiniteLoss, match="gradient norm became inf at optimizer step 7"):
         GradNormGuard().on_pre_optimizer_step(None, state, None, model=model)
+
+
+def test_resume_with_a_timestamped_output_dir_picks_the_newest_earlier_run(tmp_path):
+    import datetime as dt
+
+    path = write_recipe(tmp_path / "stamped.yaml", train={"max_steps": 2, "save_steps": 1},
+                        output_dir=str(tmp_path / "runs" / "{name}-{timestamp}"))
+    first = recipe.load(path, now=dt.datetime(2026, 1, 1, 10, 0, 0))
+    training.run(first)
+    second = recipe.load(path, now=dt.datetime(2026, 1, 1, 11, 0, 0))
+    training.run(second)
+    later = recipe.load(path, now=dt.datetime(2026, 1, 1, 12, 0, 0))  # what `ftcli train --resume` loads
+    resolved = training.resolve_resume(later, path)
+    assert resolved.output_dir == second.output_dir
+    with pytest.raises(BadInput, match="no earlier run"):
+        other = write_recipe(tmp_path / "other.yaml", output_dir=str(tmp_path / "runs" / "{name}-{timestamp}"))
+        training.resolve_resume(recipe.load(other), other)
