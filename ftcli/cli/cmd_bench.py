@@ -1,0 +1,84 @@
+"""`ftcli bench`: speed and memory side by side on a GPU (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ftcli.cli import app, console, errors, fail
+from ftcli.errors import BadInput
+
+
+@app.command("bench")
+def bench_cmd(
+    arch: Annotated[str, typer.Option(help="Comma-separated shapes: llama3-8b, qwen3-8b, gemma3-4b, llama3.2-1b.")] = "llama3-8b",
+    mode: Annotated[str, typer.Option(help="Comma-separated modes: hf, liger, unsloth, ftcli (peers run where installed).")] = "hf,liger,unsloth,ftcli",
+    seq: Annotated[int, typer.Option(help="Sequence length.")] = 2048,
+    batch: Annotated[int, typer.Option(help="Sequences per step.")] = 4,
+    steps: Annotated[int, typer.Option(help="Steps per mode; the median of steps 3..N is reported.")] = 8,
+    lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank on all 7 projections.")] = 16,
+    no_gc: Annotated[bool, typer.Option("--no-gradient-checkpointing", help="Train without activation checkpointing.")] = False,
+    max_seq_: Annotated[bool, typer.Option("--max-seq", help="Find the longest batch-1 sequence each mode trains (doubling from 16k).")] = False,
+    out: Annotated[Path, typer.Option(help="JSON file, rewritten as each mode finishes.")] = Path("bench.json"),
+    cache: Annotated[Path, typer.Option(help="Where the random-init checkpoints are written.")] = Path("/tmp/ftcli-bench"),
+    keep: Annotated[bool, typer.Option(help="Keep each checkpoint after its shape is done.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed per mode.")] = 900.0,
+) -> None:
+    """Measure LoRA training speed and memory side by side: plain HF, Liger, Unsloth and ftcli in one run."""
+    import json as _json
+    import shutil as _shutil
+    from dataclasses import asdict
+
+    import torch
+
+    from ftcli import bench
+
+    if not torch.cuda.is_available():
+        fail(BadInput("ftcli bench needs a CUDA GPU", hint="run it on a GPU machine"))
+    archs = [a.strip() for a in arch.split(",") if a.strip()]
+    unknown = [a for a in archs if a not in bench.SHAPES]
+    bad_modes = [m for m in mode.split(",") if m not in bench.MODES]
+    if unknown or bad_modes:
+        fail(BadInput(f"unknown {'shape' if unknown else 'mode'}: {', '.join(unknown or bad_modes)}",
+                      hint=f"shapes: {', '.join(bench.SHAPES)}; modes: {', '.join(bench.MODES)}"))
+    modes, notes = bench.available_modes(mode.split(","))
+    for note in notes:
+        console.print(note, markup=False)
+    console.print(f"GPU {torch.cuda.get_device_name()} · torch {torch.__version__} · seq {seq} · batch {batch} · "
+                  f"LoRA r={lora_r} · gradient checkpointing {'off' if no_gc else 'on'}", markup=False)
+    results, problems = [], []
+    for shape in archs:
+        folder = bench.checkpoint_dir(cache, shape)
+        shape_results = []
+        for m in modes:
+            if max_seq_:
+                attempts = bench.max_seq(shape, m, folder, lora_r, 16384, 1 << 20, timeout)
+                shape_results += attempts
+                best = [a for a in attempts if a.ok]
+                console.print(f"{shape:<12} {m:<8} longest batch-1 sequence: {best[-1].seq if best else 'none'}"
+                              + (f" ({best[-1].step_seconds:.1f} s/step, {best[-1].peak_gib:.1f} GiB)" if best else ""),
+                              markup=False)
+            else:
+                spec = dict(arch=shape, mode=m, folder=str(folder), seq=seq, batch=batch, steps=steps, r=lora_r,
+                            gc=not no_gc)
+                r = bench.run_in_subprocess(spec, timeout)
+                shape_results.append(r)
+                base = next((x for x in shape_results if x.mode == "hf" and x.ok), None)
+                speedup = f"{r.tokens_per_second / base.tokens_per_second:.2f}x" if base and r.ok else "-"
+                line = (f"{shape:<12} {m:<8} tok/s {r.tokens_per_second:>9,.0f} ({speedup:>5})  peak {r.peak_gib:6.1f} GiB  "
+                        f"MFU {r.mfu:5.1%}  loss {r.first_loss:.5f}  grad-norm {r.first_grad_norm:.5f}  "
+                        f"trainable {r.trainable_params:,}") if r.ok else f"{shape:<12} {m:<8} failed: {r.error}"
+                console.print(line, markup=False)
+            results_all = results + shape_results
+            out.write_text(_json.dumps([asdict(x) for x in results_all], indent=1))
+        results += shape_results
+        problems += bench.compare(shape_results)
+        if not keep:
+            _shutil.rmtree(folder, ignore_errors=True)
+    console.print(f"results: {out}", markup=False)
+    if problems:
+        for p in problems:
+            errors.print(p, markup=False, style="bold red")
+        raise typer.Exit(1)

@@ -1,0 +1,181 @@
+"""`ftcli validate` and `ftcli train`: recipe in, run directory and a sample reply out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ftcli.cli import RecipeArg, SetOpt, app, console, errors, fail
+from ftcli.errors import FtcliError
+
+
+def _load(recipe_path: Path, overrides: list[str] | None):
+    from ftcli import recipe
+
+    return recipe.load(recipe_path, overrides or [])
+
+
+
+
+@app.command()
+def validate(recipe_path: RecipeArg, set_: SetOpt = None) -> None:
+    """Check a recipe and print it resolved: defaults filled, overrides applied, canonical names."""
+    from ftcli.recipe import to_yaml
+
+    try:
+        recipe = _load(recipe_path, set_)
+    except FtcliError as err:
+        fail(err)
+    console.print(f"[green]valid[/] {recipe_path}")
+    console.print(to_yaml(recipe), markup=False)
+    _print_memory(recipe)
+
+
+def _print_memory(recipe) -> None:
+    """The pre-flight estimate of peak GPU memory, one line per part."""
+    from ftcli import memory
+
+    estimate = memory.estimate_for(recipe)
+    if estimate is None:
+        console.print("memory estimate: unavailable (the model config could not be read offline)", markup=False)
+        return
+    parts = ", ".join(f"{name} {value / memory.GiB:.1f}" for name, value in estimate.rows()[:-1])
+    console.print(f"estimated peak GPU memory: {estimate.total / memory.GiB:.1f} GiB ({parts})", markup=False)
+
+
+@app.command()
+def train(
+    recipe_path: RecipeArg,
+    set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Load the model and data, print the plan, train nothing.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in output_dir.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in output_dir.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", help="Processes on this machine, one per GPU (CPU: gloo).")] = 1,
+) -> None:
+    """Finetune a model as the recipe says and write the run directory."""
+    from ftcli import distributed
+    from ftcli import train as training
+
+    if not distributed.is_main():
+        console.quiet = True  # only rank 0 reports progress; every rank still reports its errors
+    try:
+        recipe = _load(recipe_path, set_)
+        if resume:
+            recipe = training.resolve_resume(recipe, recipe_path)
+        if nproc > 1 and distributed.world_size() == 1:
+            training.check_supported(recipe, world_size=nproc)  # exit 2 here, before starting processes
+            raise typer.Exit(_launch(recipe_path, set_ or [], recipe.output_dir, nproc,
+                                     dry_run=dry_run, overwrite=overwrite, resume=resume))
+        _print_plan(recipe)
+        with _progress() as progress:
+            result = training.run(recipe, overwrite=overwrite, dry_run=dry_run, resume=resume,
+                                  log=lambda msg: console.print(f"[dim]·[/] {escape(msg)}", highlight=False),
+                                  callbacks=[progress])
+    except FtcliError as err:
+        if distributed.world_size() > 1:
+            err.message = f"[rank {distributed.rank()}] {err.message}"
+        fail(err)
+    except KeyboardInterrupt:
+        errors.print("interrupted", style="yellow")
+        raise typer.Exit(130)
+    if dry_run:
+        console.print(f"[green]dry run ok[/]: {result.trainable_params:,} trainable of "
+                      f"{result.total_params:,} parameters; nothing was trained or written")
+        return
+    _print_result(result)
+
+
+def _launch(recipe_path: Path, overrides: list[str], output_dir: str, nproc: int, **flags) -> int:
+    """Re-run this command in `nproc` processes, all writing to the one output_dir resolved here."""
+    import json as _json
+
+    from ftcli import distributed
+
+    argv = ["train", str(recipe_path)]
+    for item in [*overrides, f"output_dir={_json.dumps(output_dir)}"]:
+        argv += ["--set", item]
+    argv += [f"--{name.replace('_', '-')}" for name, on in flags.items() if on]
+    console.print(f"launching {nproc} processes (torchrun)", markup=False)
+    return distributed.launch(nproc, argv, echo=lambda msg: errors.print(msg, markup=False))
+
+
+def _print_plan(recipe) -> None:
+    t = recipe.train
+    kind = "full finetune" if recipe.lora is None else ("QLoRA" if recipe.model.load_in_4bit else "LoRA") + f" r={recipe.lora.r}"
+    steps = f"{t.max_steps} steps" if t.max_steps > 0 else f"{t.num_train_epochs:g} epochs"
+    console.print(f"[bold]ftcli train[/] {recipe.model.name} · {t.stage} · {kind} · {steps} · "
+                  f"batch {t.per_device_train_batch_size}×{t.gradient_accumulation_steps} · lr {t.learning_rate:g}")
+
+
+def _print_result(result) -> None:
+    losses = [m["loss"] for m in result.metrics if "loss" in m]
+    evals = [m["eval_loss"] for m in result.metrics if "eval_loss" in m]
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_row("run directory", str(result.run_dir))
+    if result.adapter_dir:
+        table.add_row("adapter", str(result.adapter_dir))
+    if result.model_dir:
+        table.add_row("model", str(result.model_dir))
+    if result.merged_dir:
+        table.add_row("merged", str(result.merged_dir))
+    if result.export_dir:
+        table.add_row("export", f"{result.export_dir} (GGUF, Modelfile, export-report.json)")
+    table.add_row("metrics", f"{result.run_dir / 'metrics.jsonl'}, {result.run_dir / 'loss.png'}")
+    if losses:
+        table.add_row("train loss", f"{losses[0]:.4f} → {losses[-1]:.4f}")
+    if evals:
+        table.add_row("eval loss", f"{evals[-1]:.4f}")
+    report = result.data_report
+    if report.get("rows_skipped"):
+        table.add_row("skipped rows", f"{report['rows_skipped']} (e.g. {report['skipped_examples'][0]})")
+    table.add_row("time", f"{result.seconds:.0f} s")
+    console.print("[bold green]done[/]")
+    console.print(table)
+    if result.sample_reply is not None:
+        console.print("[bold]sample[/] (greedy, from the finetuned model)")
+        console.print(f"  user      : {result.sample_prompt}", markup=False)
+        console.print(f"  assistant : {result.sample_reply}", markup=False)
+    if result.gguf_reply is not None:
+        console.print(f"[bold]the same from the GGUF[/] (llama.cpp, {result.gguf_path.name})")
+        console.print(f"  assistant : {result.gguf_reply}", markup=False)
+        console.print(f"chat with it: ftcli chat {result.gguf_path}", markup=False)
+
+
+class _progress:
+    """A rich progress bar fed by Trainer callbacks (rank 0 only)."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from transformers import TrainerCallback
+
+        bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       TextColumn("{task.fields[info]}"), console=console, transient=False)
+        state = {"task": None}
+
+        class Callback(TrainerCallback):
+            def on_train_begin(self, args, s, control, **kw):
+                if s.is_world_process_zero:
+                    bar.start()
+                    state["task"] = bar.add_task("train", total=s.max_steps, info="")
+
+            def on_step_end(self, args, s, control, **kw):
+                if state["task"] is not None:
+                    bar.update(state["task"], completed=s.global_step)
+
+            def on_log(self, args, s, control, logs=None, **kw):
+                if state["task"] is not None and logs and "loss" in logs:
+                    bar.update(state["task"], info=f"loss {logs['loss']:.4f}")
+
+            def on_train_end(self, args, s, control, **kw):
+                bar.stop()
+
+        self.bar = bar
+        return Callback()
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+        return False
