@@ -83,3 +83,14 @@ def use_base_as_reference(recipe: Recipe, trainer) -> None:
     model = trainer.model
     if recipe.model.adapter is None and "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")
+
+
+def finish(trainer) -> None:
+    """After DPO or GRPO: drop TRL's frozen "ref" adapter (a continued adapter's copy) so only the
+    trained one is saved, and take our log-prob hook off the model."""
+    from ftcli.stages import logprobs
+
+    model = trainer.model
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
+    logprobs.uninstall(model)

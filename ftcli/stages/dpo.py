@@ -21,6 +21,7 @@ from ftcli import chat
 from ftcli.errors import DataError
 from ftcli.recipe import Recipe
 from ftcli.stages import logprobs
+from ftcli.stages.common import finish  # noqa: F401  (train.py calls stage.finish after training)
 from ftcli.stages.common import as_messages, prompt_messages, trainer_kwargs, use_base_as_reference
 
 IGNORE = chat.IGNORE_INDEX
@@ -125,11 +126,3 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset,
     reason = logprobs.install(trainer.model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
     log("log-probs: ftcli fused kernel" if reason is None else f"log-probs: TRL's chunked fused head ({reason})")
     return trainer
-
-
-def finish(trainer) -> None:
-    """Drop TRL's frozen "ref" adapter (a continued adapter's copy) so only the trained one is saved."""
-    model = trainer.model
-    if "ref" in getattr(model, "peft_config", {}):
-        model.delete_adapter("ref")
-    logprobs.uninstall(model)

@@ -28,6 +28,7 @@ from ftcli import chat, rewards
 from ftcli.errors import DataError
 from ftcli.recipe import Recipe
 from ftcli.stages import logprobs
+from ftcli.stages.common import finish  # noqa: F401  (train.py calls stage.finish after training)
 from ftcli.stages.common import prompt_messages, trainer_kwargs, use_base_as_reference
 
 AUTO_TOKENS_PER_FORWARD = 4096
@@ -211,10 +212,3 @@ def build_trainer(recipe: Recipe, model, tokenizer, template, train_dataset, eva
                               outputs=("log_probs", "entropy"))
     log("log-probs: ftcli fused kernel" if reason is None else f"log-probs: TRL's chunked fused head ({reason})")
     return trainer
-
-
-def finish(trainer) -> None:
-    model = trainer.model
-    if "ref" in getattr(model, "peft_config", {}):
-        model.delete_adapter("ref")
-    logprobs.uninstall(model)
