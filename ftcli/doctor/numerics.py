@@ -153,10 +153,7 @@ def run(recipe_path: str | Path, overrides=(), n_samples: int = 4, ga: int = 2) 
         raise BadInput(f"--numerics needs a recipe (.yaml), got {recipe_path}")
     recipe = recipe_mod.load(path, list(overrides))
     model, tokenizer = models.load(recipe.model)
-    try:
-        template = chat.resolve(recipe.template.name, tokenizer)
-    except chat.ChatTemplateError as err:
-        raise BadInput(str(err)) from None
+    template = chat.resolve(recipe.template.name, tokenizer)  # ChatTemplateError is a BadInput (exit 2)
     section = recipe.dataset.model_copy(update={"max_samples": max(n_samples * 4, 8), "skip_invalid": True})
     rows, fmt, _ = data.read_rows(section)
     encoded = []

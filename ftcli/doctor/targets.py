@@ -212,10 +212,7 @@ def from_recipe(path: Path, overrides=(), sample_rows: int = 8) -> Subject:
 
     recipe = recipe_mod.load(path, list(overrides))
     model, tokenizer = models.load(recipe.model)
-    try:
-        template = chat.resolve(recipe.template.name, tokenizer)
-    except chat.ChatTemplateError as err:
-        raise BadInput(str(err)) from None
+    template = chat.resolve(recipe.template.name, tokenizer)  # ChatTemplateError is a BadInput (exit 2)
     samples = []
     try:
         section = recipe.dataset.model_copy(update={"max_samples": sample_rows, "skip_invalid": True})
