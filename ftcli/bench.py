@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-MODES = ("hf", "liger", "unsloth", "ftcli")
+MODES = ("hf", "liger", "unsloth", "ftcli", "ftcli-fast")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PEAK_BF16_FLOPS = 989e12  # H100/H200 dense bf16 datasheet peak (research/kernels.md §1.2)
 
@@ -72,15 +72,22 @@ class ModeResult:
     first_loss: float = float("nan")
     first_grad_norm: float = float("nan")
     step_times: list[float] = field(default_factory=list)
+    checkpointing: str = ""
+    four_bit: bool = False
 
 
 # --------------------------------------------------------------------------- shapes and FLOPs
 
 
-def make_config(arch: str):
+def make_config(arch: str, layers: int | None = None):
+    """The config of a shape; `layers` keeps only the first N decoder layers (quick profiling)."""
     import transformers
 
     class_name, _, kwargs = SHAPES[arch]
+    if layers:
+        kwargs = dict(kwargs, num_hidden_layers=layers)
+        if "layer_types" in kwargs:
+            kwargs["layer_types"] = kwargs["layer_types"][:layers]
     return getattr(transformers, class_name)(**kwargs)
 
 
@@ -95,18 +102,18 @@ def flops_per_token(config, seq: int, lora_params: int) -> float:
     return 4 * matmul_params + 6 * layers * q * seq + 6 * lora_params
 
 
-def checkpoint_dir(root: Path, arch: str) -> Path:
+def checkpoint_dir(root: Path, arch: str, layers: int | None = None) -> Path:
     """Write the seeded random-init checkpoint of `arch` once; every mode loads this folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ftcli.builtin import builtin_path
 
-    folder = root / arch
+    folder = root / (f"{arch}-{layers}layers" if layers else arch)
     if (folder / "done").exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    config = make_config(arch)
+    config = make_config(arch, layers)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
@@ -122,14 +129,15 @@ def checkpoint_dir(root: Path, arch: str) -> Path:
 # --------------------------------------------------------------------------- one mode, in its own process
 
 
-def _load(mode: str, folder: Path, model_type: str, gc: bool, r: int):
+def _load(mode: str, folder: Path, model_type: str, gc: bool, r: int, tokens: tuple[int, int] = (4, 2048),
+          budget_gib: float | None = None, four_bit: bool = False):
     import torch
 
     if mode == "unsloth":
         os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
         from unsloth import FastLanguageModel  # must come before transformers is used
 
-        model, _ = FastLanguageModel.from_pretrained(str(folder), dtype=torch.bfloat16, load_in_4bit=False,
+        model, _ = FastLanguageModel.from_pretrained(str(folder), dtype=torch.bfloat16, load_in_4bit=four_bit,
                                                      local_files_only=True, max_seq_length=1 << 20)
         torch.manual_seed(1)
         return FastLanguageModel.get_peft_model(model, r=r, lora_alpha=r, lora_dropout=0, target_modules=TARGETS,
@@ -141,19 +149,44 @@ def _load(mode: str, folder: Path, model_type: str, gc: bool, r: int):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    quant = None
+    if four_bit:  # QLoRA as Unsloth loads it: NF4 with double quantisation, bf16 compute
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="sdpa",
-                                                 device_map=_device())
-    if gc:
+                                                 device_map=_device(), quantization_config=quant)
+    if gc and not mode.startswith("ftcli"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     torch.manual_seed(1)
     model = get_peft_model(model, LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, target_modules=TARGETS,
                                              task_type="CAUSAL_LM"))
-    if mode == "ftcli":
-        from ftcli import patch
+    if mode.startswith("ftcli"):
+        from ftcli import checkpointing, patch
 
         patch.apply(model, "auto")
+        plan = _ftcli_plan(mode, model.config, gc, r, tokens, budget_gib, four_bit)
+        checkpointing.apply(model, plan)
+        model.ftcli_checkpointing = (f"{plan.recomputed}/{plan.layers} layers recompute"
+                                     + (", inputs offloaded" if plan.offload and plan.recomputed else "")
+                                     + f" ({plan.reason})")
     return model
+
+
+def _ftcli_plan(mode: str, config, gc: bool, r: int, tokens: tuple[int, int], budget_gib: float | None,
+                four_bit: bool):
+    """ftcli: train.memory lean (offloaded recompute); ftcli-fast: train.memory fast within `budget_gib`."""
+    from types import SimpleNamespace
+
+    from ftcli import checkpointing, memory
+
+    train = SimpleNamespace(gradient_checkpointing="auto" if gc else False, memory="fast" if mode == "ftcli-fast"
+                            else "lean", memory_budget_gib=budget_gib)
+    kwargs = dict(batch=tokens[0], seq=tokens[1], lora_r=r, fused_kernels=True, load_in_4bit=four_bit)
+    return checkpointing.plan(train, memory.Shape.from_config(config), kwargs, on_gpu=_device() == "cuda",
+                              gpu_bytes=memory.torch_gpu_bytes() or 0)
 
 
 def _device() -> str:
@@ -169,12 +202,14 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_mode(arch: str, mode: str, folder: Path, seq: int, batch: int, steps: int, r: int, gc: bool) -> ModeResult:
+def run_mode(arch: str, mode: str, folder: Path, seq: int, batch: int, steps: int, r: int, gc: bool,
+             profile: str | None = None, budget_gib: float | None = None, four_bit: bool = False) -> ModeResult:
     import torch
 
-    result = ModeResult(arch=arch, mode=mode, seq=seq, batch=batch, steps=steps)
-    model = _load(mode, folder, SHAPES[arch][1], gc, r)
+    result = ModeResult(arch=arch, mode=mode, seq=seq, batch=batch, steps=steps, four_bit=four_bit)
+    model = _load(mode, folder, SHAPES[arch][1], gc, r, (batch, seq), budget_gib, four_bit)
     result.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    result.checkpointing = getattr(model, "ftcli_checkpointing", "all layers recompute" if gc else "off")
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     vocab = model.config.vocab_size
@@ -192,13 +227,31 @@ def run_mode(arch: str, mode: str, folder: Path, seq: int, batch: int, steps: in
         optimizer.zero_grad(set_to_none=True)
         _sync()
         result.step_times.append(time.perf_counter() - start)
+    if profile:
+        _profile_step(model, optimizer, ids, Path(profile))
     measured = result.step_times[2:] or result.step_times
     result.step_seconds = statistics.median(measured)
     result.tokens_per_second = batch * seq / result.step_seconds
     result.peak_gib = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else 0.0
     lora = result.trainable_params
-    result.mfu = result.tokens_per_second * flops_per_token(make_config(arch), seq, lora) / PEAK_BF16_FLOPS
+    result.mfu = result.tokens_per_second * flops_per_token(model.config, seq, lora) / PEAK_BF16_FLOPS
     return result
+
+
+def _profile_step(model, optimizer, ids, path: Path) -> None:
+    """One more step under torch.profiler: the ops table by GPU time, and a Chrome trace beside it."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync()
+    sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=70))
 
 
 def worker_main(argv: list[str]) -> int:
@@ -206,7 +259,8 @@ def worker_main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     try:
         result = run_mode(spec["arch"], spec["mode"], Path(spec["folder"]), spec["seq"], spec["batch"],
-                          spec["steps"], spec["r"], spec["gc"])
+                          spec["steps"], spec["r"], spec["gc"], spec.get("profile"), spec.get("budget_gib"),
+                          spec.get("four_bit", False))
     except Exception as err:  # reported as a failed mode, never a crash of the whole bench
         oom = "out of memory" in str(err).lower()
         result = ModeResult(arch=spec["arch"], mode=spec["mode"], ok=False, seq=spec["seq"], batch=spec["batch"],
@@ -246,17 +300,19 @@ def available_modes(modes: list[str]) -> tuple[list[str], list[str]]:
 def compare(results: list[ModeResult]) -> list[str]:
     """Problems when ftcli's first step differs from plain HF's (loss > 1%, grad norm > 5%)."""
     by_mode = {r.mode: r for r in results if r.ok}
-    hf, ours = by_mode.get("hf"), by_mode.get("ftcli")
-    if not hf or not ours:
-        return []
+    hf = by_mode.get("hf")
+    return [p for mode in ("ftcli", "ftcli-fast") if hf and mode in by_mode for p in _compare(hf, by_mode[mode])]
+
+
+def _compare(hf: ModeResult, ours: ModeResult) -> list[str]:
     problems = []
     loss_diff = abs(ours.first_loss - hf.first_loss) / abs(hf.first_loss)
     grad_diff = abs(ours.first_grad_norm - hf.first_grad_norm) / max(hf.first_grad_norm, 1e-12)
     if not loss_diff <= 0.01:
-        problems.append(f"{ours.arch}: ftcli first-step loss {ours.first_loss:.5f} vs HF {hf.first_loss:.5f} "
+        problems.append(f"{ours.arch}: {ours.mode} first-step loss {ours.first_loss:.5f} vs HF {hf.first_loss:.5f} "
                         f"({loss_diff:.2%} > 1%)")
     if not grad_diff <= 0.05:
-        problems.append(f"{ours.arch}: ftcli first-step grad norm {ours.first_grad_norm:.5f} vs HF "
+        problems.append(f"{ours.arch}: {ours.mode} first-step grad norm {ours.first_grad_norm:.5f} vs HF "
                         f"{hf.first_grad_norm:.5f} ({grad_diff:.2%} > 5%)")
     return problems
 

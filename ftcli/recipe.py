@@ -190,7 +190,14 @@ class TrainSection(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, ge=0.0)
     optim: str = "adamw_torch"
-    gradient_checkpointing: bool = False
+    memory: Literal["lean", "fast"] = Field(
+        "lean", description="lean: least GPU memory (recompute activations, layer inputs offloaded to CPU); "
+                            "fast: keep activations of as many layers as memory_budget_gib allows (docs/speed.md)")
+    memory_budget_gib: float | None = Field(
+        None, gt=0, description="fast: GPU memory the run may use; None = 90% of the GPU's memory")
+    gradient_checkpointing: Literal["auto", "offload"] | bool = Field(
+        "auto", description="auto: from train.memory on a GPU, off on the CPU; true: recompute every layer; "
+                            "offload: true + layer inputs kept in pinned CPU memory; false: never recompute")
     packing: bool = False
     seed: int = 42
     logging_steps: int = Field(1, gt=0)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from ftcli import chat, checkpoints, data, distributed, guards, memory, models, rundir
+from ftcli import chat, checkpointing, checkpoints, data, distributed, guards, memory, models, rundir
 from ftcli.errors import BadInput, TrainingFailed
 from ftcli.recipe import Recipe, to_yaml
 
@@ -129,11 +129,16 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resum
     log(f"dataset: {report.train_rows} train / {report.eval_rows} eval rows ({fmt}); "
         f"{report.rows_skipped} skipped, {report.rows_truncated} truncated to {length} tokens")
 
+    plan = checkpointing.plan_for(recipe, model.config)
     if recipe.model.adapter is not None:
-        model = continue_adapter(model, recipe.model.adapter, recipe.train.gradient_checkpointing)
+        model = continue_adapter(model, recipe.model.adapter, plan.recomputed > 0)
         log(f"continuing the LoRA adapter in {recipe.model.adapter}")
     else:
-        model = models.add_lora(model, recipe.lora, recipe.train.gradient_checkpointing)
+        model = models.add_lora(model, recipe.lora, plan.recomputed > 0)
+    checkpointing.apply(model, plan)
+    facts["checkpointing"] = plan.as_dict()
+    log(f"activation checkpointing: {plan.recomputed} of {plan.layers} layers recompute"
+        + (", inputs offloaded to CPU" if plan.offload and plan.recomputed else "") + f" ({plan.reason})")
     result.trainable_params, result.total_params = models.trainable_parameters(model)
 
     t = recipe.train

@@ -48,11 +48,14 @@ def test_bench_plumbing_end_to_end_on_a_tiny_shape(tmp_path):
     folder = bench.checkpoint_dir(tmp_path, "tiny-llama")
     assert (folder / "done").exists() and bench.checkpoint_dir(tmp_path, "tiny-llama") == folder
     results = []
-    for mode in ("hf", "ftcli"):
-        spec = dict(arch="tiny-llama", mode=mode, folder=str(folder), seq=32, batch=2, steps=3, r=4, gc=True)
+    for mode in ("hf", "ftcli", "ftcli-fast"):
+        spec = dict(arch="tiny-llama", mode=mode, folder=str(folder), seq=32, batch=2, steps=3, r=4, gc=True,
+                    budget_gib=0.5)
         results.append(bench.run_in_subprocess(spec, timeout=600))
-    hf, ours = results
-    assert hf.ok and ours.ok, (hf.error, ours.error)
+    hf, ours, fast = results
+    assert hf.ok and ours.ok and fast.ok, (hf.error, ours.error, fast.error)
     assert hf.trainable_params == ours.trainable_params > 0
     assert len(hf.step_times) == 3 and hf.tokens_per_second > 0
     assert bench.compare(results) == []  # same loss and grad norm as plain HF on the first step
+    broken = [bench.ModeResult(**{**vars(fast), "first_loss": fast.first_loss * 1.5})]
+    assert bench.compare([hf, ours] + broken)  # a wrong ftcli-fast row is caught too

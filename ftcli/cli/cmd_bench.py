@@ -14,7 +14,7 @@ from ftcli.errors import BadInput
 @app.command("bench")
 def bench_cmd(
     arch: Annotated[str, typer.Option(help="Comma-separated shapes: llama3-8b, qwen3-8b, gemma3-4b, llama3.2-1b.")] = "llama3-8b",
-    mode: Annotated[str, typer.Option(help="Comma-separated modes: hf, liger, unsloth, ftcli (peers run where installed).")] = "hf,liger,unsloth,ftcli",
+    mode: Annotated[str, typer.Option(help="Comma-separated modes: hf, liger, unsloth, ftcli (train.memory lean), ftcli-fast (train.memory fast); peers run where installed.")] = "hf,liger,unsloth,ftcli,ftcli-fast",
     seq: Annotated[int, typer.Option(help="Sequence length.")] = 2048,
     batch: Annotated[int, typer.Option(help="Sequences per step.")] = 4,
     steps: Annotated[int, typer.Option(help="Steps per mode; the median of steps 3..N is reported.")] = 8,
@@ -23,6 +23,10 @@ def bench_cmd(
     max_seq_: Annotated[bool, typer.Option("--max-seq", help="Find the longest batch-1 sequence each mode trains (doubling from 16k).")] = False,
     out: Annotated[Path, typer.Option(help="JSON file, rewritten as each mode finishes.")] = Path("bench.json"),
     cache: Annotated[Path, typer.Option(help="Where the random-init checkpoints are written.")] = Path("/tmp/ftcli-bench"),
+    load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="QLoRA: NF4 base weights (bitsandbytes) in every mode.")] = False,
+    fast_budget: Annotated[float, typer.Option("--fast-budget", help="GiB for ftcli-fast (train.memory_budget_gib); 0 = plain HF's peak in this run, else 90% of the GPU.")] = 0.0,
+    layers: Annotated[int, typer.Option(help="Keep only the first N decoder layers of each shape (quick profiling; not a benchmark row).")] = 0,
+    profile: Annotated[Path | None, typer.Option(help="Folder: profile one extra step per mode (torch.profiler ops table by GPU time).")] = None,
     keep: Annotated[bool, typer.Option(help="Keep each checkpoint after its shape is done.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds allowed per mode.")] = 900.0,
 ) -> None:
@@ -47,10 +51,10 @@ def bench_cmd(
     for note in notes:
         console.print(note, markup=False)
     console.print(f"GPU {torch.cuda.get_device_name()} · torch {torch.__version__} · seq {seq} · batch {batch} · "
-                  f"LoRA r={lora_r} · gradient checkpointing {'off' if no_gc else 'on'}", markup=False)
+                  f"{'QLoRA (NF4)' if load_in_4bit else 'LoRA'} r={lora_r} · gradient checkpointing {'off' if no_gc else 'on'}", markup=False)
     results, problems = [], []
     for shape in archs:
-        folder = bench.checkpoint_dir(cache, shape)
+        folder = bench.checkpoint_dir(cache, shape, layers or None)
         shape_results = []
         for m in modes:
             if max_seq_:
@@ -61,15 +65,22 @@ def bench_cmd(
                               + (f" ({best[-1].step_seconds:.1f} s/step, {best[-1].peak_gib:.1f} GiB)" if best else ""),
                               markup=False)
             else:
+                hf_peak = next((x.peak_gib for x in shape_results if x.mode == "hf" and x.ok), None)
                 spec = dict(arch=shape, mode=m, folder=str(folder), seq=seq, batch=batch, steps=steps, r=lora_r,
-                            gc=not no_gc)
+                            gc=not no_gc, profile=str(profile / f"{shape}-{m}.txt") if profile else None,
+                            budget_gib=fast_budget or hf_peak, four_bit=load_in_4bit)
+                if m == "ftcli-fast":
+                    console.print(f"{shape:<12} {m:<8} memory budget: "
+                                  + (f"{spec['budget_gib']:.1f} GiB" if spec["budget_gib"] else "90% of the GPU"),
+                                  markup=False)
                 r = bench.run_in_subprocess(spec, timeout)
                 shape_results.append(r)
                 base = next((x for x in shape_results if x.mode == "hf" and x.ok), None)
                 speedup = f"{r.tokens_per_second / base.tokens_per_second:.2f}x" if base and r.ok else "-"
                 line = (f"{shape:<12} {m:<8} tok/s {r.tokens_per_second:>9,.0f} ({speedup:>5})  peak {r.peak_gib:6.1f} GiB  "
                         f"MFU {r.mfu:5.1%}  loss {r.first_loss:.5f}  grad-norm {r.first_grad_norm:.5f}  "
-                        f"trainable {r.trainable_params:,}") if r.ok else f"{shape:<12} {m:<8} failed: {r.error}"
+                        f"trainable {r.trainable_params:,}"
+                        + (f"  [{r.checkpointing}]" if r.mode.startswith("ftcli") else "")) if r.ok else f"{shape:<12} {m:<8} failed: {r.error}"
                 console.print(line, markup=False)
             results_all = results + shape_results
             out.write_text(_json.dumps([asdict(x) for x in results_all], indent=1))

@@ -1,0 +1,87 @@
+"""Which decoder layers recompute their activations in backward: `train.memory` and
+`train.gradient_checkpointing` turned into a plan, and the plan applied to a model.
+
+lean (default): every layer recomputes; on a GPU its saved input goes to pinned CPU memory
+  (ftcli/offload.py), so activations cost about one layer, whatever the depth.
+fast: recomputation is a +50% tax on the GEMM FLOPs of a LoRA step (research/kernels.md §1.2),
+  so keep every layer's activations that fit in `train.memory_budget_gib` (default: 90% of the
+  GPU) and recompute only the rest, without offload.
+An explicit `gradient_checkpointing` (true / false / offload) overrides the preset. On the CPU
+`auto` means off: there is no GPU memory to save.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BUDGET_FRACTION = 0.9  # of the GPU's memory, when fast has no explicit budget
+
+
+@dataclass
+class Plan:
+    layers: int
+    recomputed: int     # how many decoder layers recompute (the last ones keep their activations)
+    offload: bool       # recomputed layers' inputs live in pinned CPU memory
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"recomputed_layers": self.recomputed, "layers": self.layers, "offload": self.offload,
+                "reason": self.reason}
+
+
+def plan(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float) -> Plan:
+    """The plan for a recipe's train section on a model of `shape` (memory.Shape)."""
+    from ftcli import memory
+
+    layers, choice = shape.layers, train.gradient_checkpointing
+    if choice is False:
+        return Plan(layers, 0, False, "gradient_checkpointing: false")
+    if choice is True:
+        return Plan(layers, layers, False, "gradient_checkpointing: true")
+    if choice == "offload":
+        return Plan(layers, layers, on_gpu, "gradient_checkpointing: offload" + ("" if on_gpu else " (no GPU: kept)"))
+    if not on_gpu:
+        return Plan(layers, 0, False, "no GPU: nothing to save by recomputing")
+    if train.memory == "lean":
+        return Plan(layers, layers, True, "memory: lean")
+    budget = train.memory_budget_gib * memory.GiB if train.memory_budget_gib else BUDGET_FRACTION * gpu_bytes
+    for recomputed in range(layers + 1):  # fewest recomputed layers whose estimate fits
+        if memory.estimate(shape, **estimate_kwargs, recomputed_layers=recomputed).total <= budget:
+            break
+    return Plan(layers, recomputed, False, f"memory: fast within {budget / memory.GiB:.1f} GiB")
+
+
+def apply(model, plan: Plan) -> int:
+    """Switch checkpointing on for the first `plan.recomputed` decoder layers; returns how many."""
+    if plan.recomputed == 0:
+        return 0
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.config.use_cache = False
+    if plan.offload:
+        from ftcli import offload
+
+        offload.enable(base, offload=True)
+        base.enable_input_require_grads()  # the offloading Function needs a grad path through its input
+    layers = decoder_layers(base)
+    for i, layer in enumerate(layers):
+        layer.gradient_checkpointing = i < plan.recomputed
+    return min(plan.recomputed, len(layers))
+
+
+def decoder_layers(model) -> list:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def plan_for(recipe, config) -> Plan:
+    """The plan for a recipe on this machine (its GPU's size decides `fast`)."""
+    import torch
+
+    from ftcli import memory
+
+    on_gpu = torch.cuda.is_available()
+    gpu_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if on_gpu else 0
+    return plan(recipe.train, memory.Shape.from_config(config), memory.recipe_kwargs(recipe), on_gpu=on_gpu,
+                gpu_bytes=gpu_bytes)

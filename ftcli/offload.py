@@ -1,0 +1,257 @@
+"""Gradient checkpointing of decoder layers, with each layer's saved input held in pinned host memory.
+
+Plain checkpointing keeps one hidden state ([batch, seq, hidden]) per decoder layer on the GPU for the
+recomputation in backward; at long sequence lengths that is most of the activation memory. Here the
+layer input is copied to a pinned CPU buffer on a side CUDA stream during the forward (overlapping the
+layer's own compute) and copied back right before the layer is recomputed in backward.
+
+transformers' `GradientCheckpointingLayer` calls `layer._gradient_checkpointing_func(partial(forward, **kwargs),
+*args)` when checkpointing is on (5.17: from `__call__`, even under no_grad; 5.24: from `forward`, only with
+grad enabled). `enable()` swaps that function for `_LayerCheckpoint`, a reentrant-style checkpoint: the
+forward runs under no_grad, the backward reruns the layer with grad and calls `torch.autograd.backward`.
+
+Only the first positional argument (hidden_states) is offloaded. Keyword arguments are bound in the partial
+and kept by reference (cos/sin and masks are shared by all layers, so copying them would free nothing).
+
+The last layer's input is kept on the GPU when `keep_last` is set: its backward comes first, so a round trip
+through the host would free memory only for the time when the layer is being run. "Last" is the last
+checkpointed layer in `model.modules()` order. That is the execution order of a decoder stack; where it
+is not, one layer is kept on or offloaded that need not be, and the gradients do not change.
+
+Host buffers are kept per layer and reused across steps. A buffer is in use from the forward that fills it
+until that layer's backward. If a second forward of the same layer comes first (two forwards, one backward),
+it gets a buffer of its own instead of overwriting the first one. If a backward finds that its buffer was
+reused since its forward (retain_graph, with a new forward before the second backward), it raises.
+"""
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+import torch
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+MIN_BYTES = 1 << 20  # smaller inputs stay where they are: a copy's fixed cost exceeds what it frees
+
+_OFFLOADERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base model -> Offloader
+
+
+def enable(model, offload: bool, *, min_bytes: int = MIN_BYTES, keep_last: bool = True) -> int:
+    """Turn on non-reentrant checkpointing of every decoder layer; with `offload`, swap in `_LayerCheckpoint`.
+
+    `model` may be a peft PeftModel. Returns the number of checkpointed layers. Calling it again replaces the
+    earlier setting (and the earlier host buffers).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_reentrant": False}
+    if hasattr(base, "activation_checkpointing_enable"):  # newer transformers deprecate gradient_checkpointing_enable
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    _OFFLOADERS.pop(base, None)
+    if offload:
+        off = Offloader(len(layers), min_bytes=min_bytes, keep_last=keep_last)
+        for slot, layer in enumerate(layers):
+            layer._gradient_checkpointing_func = _LayerCheckpoint(off, slot)
+        _OFFLOADERS[base] = off
+    return len(layers)
+
+
+def offloader(model) -> Offloader | None:
+    """The Offloader that `enable(model, offload=True)` set up, or None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _OFFLOADERS.get(base)
+
+
+class _Lease:
+    """Held by a checkpoint node whose input is in its layer's shared buffer; while alive, the buffer is in use."""
+
+    __slots__ = ("__weakref__",)
+
+
+class Offloader:
+    """Host buffers (one per layer, reused across steps) and the side streams that copy into and out of them."""
+
+    def __init__(self, n_layers: int, *, min_bytes: int = MIN_BYTES, keep_last: bool = True):
+        self.n_layers, self.min_bytes, self.keep_last = n_layers, min_bytes, keep_last
+        self.buffers: dict[int, torch.Tensor] = {}  # slot -> flat host tensor, grown when a bigger input comes
+        self.offloaded = 0  # inputs sent to the host so far (for tests and benchmarks)
+        self._leases: dict[int, weakref.ref] = {}
+        self._fills: dict[int, int] = {}  # slot -> how many times its buffer was filled
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
+        self._latest: dict[int, tuple] = {}  # slot -> (host, fill) of its latest forward, for prefetching
+        self._prefetched: dict[int, tuple] = {}  # slot -> (host, fill, GPU tensor, copy event)
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers.values())
+
+    def wants(self, slot: int, x) -> bool:
+        return (isinstance(x, torch.Tensor) and x.device.type in ("cuda", "cpu")
+                and x.numel() * x.element_size() >= self.min_bytes
+                and not (self.keep_last and slot == self.n_layers - 1))
+
+    def _side_stream(self, device: torch.device) -> torch.cuda.Stream:
+        if device not in self._streams:
+            self._streams[device] = torch.cuda.Stream(device)
+        return self._streams[device]
+
+    def _host_buffer(self, slot: int, x: torch.Tensor):
+        """(host tensor shaped like x, lease or None, fill count or None)."""
+        ref = self._leases.get(slot)
+        if ref is not None and ref() is not None:  # the last forward of this layer has not had its backward yet
+            return torch.empty(x.shape, dtype=x.dtype, pin_memory=x.is_cuda), None, None
+        flat = self.buffers.get(slot)
+        if flat is None or flat.dtype != x.dtype or flat.numel() < x.numel():
+            flat = self.buffers[slot] = torch.empty(x.numel(), dtype=x.dtype, pin_memory=x.is_cuda)
+        lease = _Lease()
+        self._leases[slot] = weakref.ref(lease)
+        self._fills[slot] = fill = self._fills.get(slot, 0) + 1
+        return flat[: x.numel()].view(x.shape), lease, fill
+
+    def to_host(self, slot: int, x: torch.Tensor):
+        """Start copying x to the host. Returns (host, lease, fill, event); the caller must `wait(event)`
+        before x can be freed."""
+        host, lease, fill = self._host_buffer(slot, x)
+        self.offloaded += 1
+        self._latest[slot] = (host, fill)
+        if not x.is_cuda:
+            host.copy_(x)
+            return host, lease, fill, None
+        side = self._side_stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))  # x was written on the current stream
+        with torch.cuda.stream(side):
+            host.copy_(x, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(side)
+        return host, lease, fill, done
+
+    @staticmethod
+    def wait(device: torch.device, event) -> None:
+        """Make the current stream wait for the copy, so that x's memory is not reused while it is being read."""
+        if event is not None:
+            torch.cuda.current_stream(device).wait_event(event)
+
+    def restore(self, slot: int, host: torch.Tensor, fill: int | None, device: torch.device) -> torch.Tensor:
+        """A fresh tensor on `device` with the contents of `host`."""
+        if fill is not None and self._fills.get(slot) != fill:
+            raise RuntimeError(f"offloaded input of checkpointed layer {slot} was overwritten by a later forward "
+                               "before this backward (backward twice through one graph after a new forward?)")
+        if device.type != "cuda":
+            return host.clone()
+        cur = torch.cuda.current_stream(device)
+        ready = self._prefetched.pop(slot, None)
+        if ready is not None and ready[0] is host and ready[1] == fill:
+            x, event = ready[2], ready[3]
+        else:
+            x, event = self._copy_in(host, device)
+        cur.wait_event(event)
+        # Backward runs the layers in reverse: start bringing the previous layer's input in now, so that
+        # its copy overlaps this layer's recompute and backward instead of stalling the next one.
+        previous = self._latest.get(slot - 1)
+        if previous is not None and slot - 1 not in self._prefetched:
+            self._prefetched[slot - 1] = (*previous, *self._copy_in(previous[0], device))
+        return x
+
+    def _copy_in(self, host: torch.Tensor, device: torch.device):
+        """Start an async host-to-GPU copy on the side stream; returns (GPU tensor, event when done)."""
+        side = self._side_stream(device)
+        x = torch.empty(host.shape, dtype=host.dtype, device=device)
+        side.wait_stream(torch.cuda.current_stream(device))  # x's memory may just have been freed there
+        with torch.cuda.stream(side):
+            x.copy_(host, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(side)
+        return x, done
+
+
+class _RngState:
+    """CPU and CUDA RNG states at the layer's forward, so the recompute draws the same dropout masks."""
+
+    def __init__(self, args):
+        self.cpu = torch.get_rng_state()
+        self.devices: list[int] = []
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            devs = {a.device.index for a in args if isinstance(a, torch.Tensor) and a.is_cuda}
+            devs.add(torch.cuda.current_device())
+            self.devices = sorted(devs)
+        self.cuda = [torch.cuda.get_rng_state(d) for d in self.devices]
+
+    @contextlib.contextmanager
+    def restored(self):
+        """Run with the saved states; the global RNG is left as it was found."""
+        with torch.random.fork_rng(devices=self.devices, device_type="cuda"):
+            torch.set_rng_state(self.cpu)
+            for d, state in zip(self.devices, self.cuda):
+                torch.cuda.set_rng_state(state, d)
+            yield
+
+
+def _autocast_state(device_type: str) -> list[tuple[str, dict]]:
+    types = [device_type] if device_type == "cpu" else [device_type, "cpu"]
+    return [(t, {"enabled": torch.is_autocast_enabled(t), "dtype": torch.get_autocast_dtype(t),
+                 "cache_enabled": torch.is_autocast_cache_enabled()}) for t in types]
+
+
+class _OffloadedCheckpoint(torch.autograd.Function):
+    # `_grad_anchor` requires grad so that this node is always recorded: otherwise a layer whose inputs do not
+    # require grad (no enable_input_require_grads) would silently give its LoRA weights no gradient.
+    @staticmethod
+    def forward(ctx, off: Offloader, slot: int, function, _grad_anchor, *args):
+        ctx.off, ctx.slot, ctx.function = off, slot, function
+        device_type = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        ctx.autocast = _autocast_state(device_type)
+        ctx.rng = _RngState(args)
+        ctx.offloaded = bool(args) and off.wants(slot, args[0])
+        event = None
+        if ctx.offloaded:
+            x = args[0]
+            ctx.host, ctx.lease, ctx.fill, event = off.to_host(slot, x)
+            ctx.x_device, ctx.x_requires_grad = x.device, x.requires_grad
+        ctx.is_tensor = [isinstance(a, torch.Tensor) for a in args]
+        ctx.non_tensors = [None if t else a for a, t in zip(args, ctx.is_tensor)]
+        ctx.save_for_backward(*(a for i, a in enumerate(args) if ctx.is_tensor[i] and not (i == 0 and ctx.offloaded)))
+        with torch.no_grad():
+            out = function(*args)
+        if ctx.offloaded:
+            off.wait(args[0].device, event)  # the copy overlapped the layer; it must end before x can be freed
+        return out
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        saved = iter(ctx.saved_tensors)
+        inputs = []
+        for i, (a, is_tensor) in enumerate(zip(ctx.non_tensors, ctx.is_tensor)):
+            if i == 0 and ctx.offloaded:
+                x = ctx.off.restore(ctx.slot, ctx.host, ctx.fill, ctx.x_device)
+                ctx.lease = None  # the buffer may now take the next forward of this layer
+                inputs.append(x.requires_grad_(ctx.x_requires_grad))
+            elif is_tensor:
+                t = next(saved)
+                inputs.append(t.detach().requires_grad_(t.requires_grad))
+            else:
+                inputs.append(a)
+        with ctx.rng.restored(), torch.enable_grad(), contextlib.ExitStack() as stack:
+            for device_type, kwargs in ctx.autocast:
+                stack.enter_context(torch.autocast(device_type, **kwargs))
+            outputs = ctx.function(*inputs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs)
+                 if isinstance(o, torch.Tensor) and o.requires_grad and g is not None]
+        if pairs:
+            torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        grads = tuple(a.grad if isinstance(a, torch.Tensor) and a.requires_grad else None for a in inputs)
+        return (None, None, None, None) + grads
+
+
+class _LayerCheckpoint:
+    """A layer's `_gradient_checkpointing_func`: `(function, *args)`; other keyword arguments are ignored."""
+
+    def __init__(self, off: Offloader, slot: int):
+        self.off, self.slot = off, slot
+
+    def __call__(self, function, *args, **_ignored):
+        if not torch.is_grad_enabled():  # transformers 5.17 comes here under no_grad too: nothing to save
+            return function(*args)
+        anchor = torch.empty(0, requires_grad=True)
+        return _OffloadedCheckpoint.apply(self.off, self.slot, function, anchor, *args)

@@ -1,0 +1,85 @@
+"""train.memory / train.gradient_checkpointing -> which layers recompute, and the plan applied to a model."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ftcli import checkpointing, memory
+
+GiB = memory.GiB
+LLAMA_8B = memory.Shape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128,
+                        vocab=128256, tied=False)
+KW = dict(batch=4, seq=2048, lora_r=16, fused_kernels=True)
+
+
+def train(memory_="lean", gc="auto", budget=None):
+    return SimpleNamespace(memory=memory_, gradient_checkpointing=gc, memory_budget_gib=budget)
+
+
+def test_lean_recomputes_every_layer_and_offloads_on_a_gpu_only():
+    on_gpu = checkpointing.plan(train(), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB)
+    assert (on_gpu.recomputed, on_gpu.offload) == (32, True)
+    on_cpu = checkpointing.plan(train(), LLAMA_8B, KW, on_gpu=False, gpu_bytes=0)
+    assert on_cpu.recomputed == 0  # no GPU memory to save
+
+
+def test_explicit_gradient_checkpointing_overrides_the_preset():
+    for gc, expected in [(True, (32, False)), (False, (0, False)), ("offload", (32, True))]:
+        p = checkpointing.plan(train("fast", gc), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB)
+        assert (p.recomputed, p.offload) == expected, gc
+
+
+def test_fast_keeps_as_many_layers_as_the_budget_allows():
+    def fast(budget):
+        return checkpointing.plan(train("fast", budget=budget), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB)
+
+    roomy, tight, capped = fast(None), fast(24.0), fast(31.3)
+    assert roomy.recomputed == 0 and not roomy.offload  # 90% of 141 GiB holds every layer's activations
+    assert 0 < capped.recomputed < tight.recomputed <= 32
+    for p, budget in [(tight, 24.0), (capped, 31.3)]:
+        fits = memory.estimate(LLAMA_8B, **KW, recomputed_layers=p.recomputed).total
+        one_less = memory.estimate(LLAMA_8B, **KW, recomputed_layers=p.recomputed - 1).total
+        assert fits <= budget * GiB < one_less  # the fewest recomputed layers that fit
+    assert fast(5.0).recomputed == 32  # nothing fits: recompute everything, the pre-flight check will say so
+
+
+def test_offloaded_recompute_estimates_less_than_plain_recompute():
+    plain = memory.estimate(LLAMA_8B, **KW)
+    off = memory.estimate(LLAMA_8B, **KW, offload=True)
+    saved = plain.activations - off.activations
+    assert saved == pytest.approx(32 * 4 * 2048 * 4096 * 2)  # 32 layer inputs of 8192 tokens in bf16: 2 GiB
+
+
+def _tiny_model():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=97, attn_implementation="sdpa")
+    model = LlamaForCausalLM(config).double()
+    return get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "down_proj"], init_lora_weights=False))
+
+
+def _grads(model, ids):
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def test_apply_switches_checkpointing_on_for_the_first_layers_only_and_grads_are_unchanged():
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+    reference = _grads(_tiny_model(), ids)
+    model = _tiny_model()
+    plan = checkpointing.Plan(layers=4, recomputed=2, offload=False, reason="test")
+    assert checkpointing.apply(model, plan) == 2
+    flags = [layer.gradient_checkpointing for layer in checkpointing.decoder_layers(model)]
+    assert flags == [True, True, False, False]
+    got = _grads(model, ids)
+    for name, grad in reference.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-12, atol=1e-14, msg=name)
