@@ -5,7 +5,7 @@ lean (default): every layer recomputes; on a GPU its saved input goes to pinned 
   (ftcli/offload.py), so activations cost about one layer, whatever the depth.
 fast: recomputation is a +50% tax on the GEMM FLOPs of a LoRA step (research/kernels.md §1.2),
   so keep every layer's activations that fit in `train.memory_budget_gib` (default: 90% of the
-  GPU) and recompute only the rest, without offload.
+  GPU) and recompute only the rest (their inputs offloaded, so that one more layer fits).
 An explicit `gradient_checkpointing` (true / false / offload) overrides the preset. On the CPU
 `auto` means off: there is no GPU memory to save.
 """
@@ -46,9 +46,9 @@ def plan(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float)
         return Plan(layers, layers, True, "memory: lean")
     budget = train.memory_budget_gib * memory.GiB if train.memory_budget_gib else BUDGET_FRACTION * gpu_bytes
     for recomputed in range(layers + 1):  # fewest recomputed layers whose estimate fits
-        if memory.estimate(shape, **estimate_kwargs, recomputed_layers=recomputed).total <= budget:
+        if memory.estimate(shape, **estimate_kwargs, recomputed_layers=recomputed, offload=True).total <= budget:
             break
-    return Plan(layers, recomputed, False, f"memory: fast within {budget / memory.GiB:.1f} GiB")
+    return Plan(layers, recomputed, recomputed > 0, f"memory: fast within {budget / memory.GiB:.1f} GiB")
 
 
 def apply(model, plan: Plan) -> int:

@@ -71,3 +71,13 @@ def launch(nproc: int, argv: list[str], echo=print) -> int:
     if code != 0:
         echo(f"{nproc} processes: at least one rank failed (exit {code}); see its error above")
     return code
+
+
+def full_state_dict(trainer, sharded: bool) -> dict | None:
+    """The unsharded weights of an FSDP run, for saving on rank 0; None otherwise (save the model itself).
+
+    Every rank must call this: gathering the shards is a collective.
+    """
+    if not sharded or world_size() < 2:
+        return None
+    return trainer.accelerator.get_state_dict(trainer.model)

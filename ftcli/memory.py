@@ -14,7 +14,7 @@ from dataclasses import dataclass
 GiB = 1024**3
 WORKSPACE_BYTES = 0.5 * GiB      # cuBLAS workspace and allocator slack (the CUDA context is not counted)
 NF4_BYTES_PER_PARAM = 0.5 + 0.03  # 4-bit values, plus double-quantised absmax per 64-block
-LOSS_TILE_TOKENS = 2048           # tokens per chunk of the fused loss (512 MiB of bf16 logits at V = 128k)
+LOSS_CHUNK_BYTES = 256 * 2**20   # logits of one chunk of the fused loss (kernels/fused_linear_ce.CHUNK_BYTES)
 
 
 @dataclass
@@ -55,18 +55,19 @@ class Shape:
 class Estimate:
     weights: float
     trainable_state: float
-    activations: float
-    loss_head: float
+    activations: float   # kept from the forward until the backward: whole layers, and recomputed layers' inputs
+    working: float       # the largest short-lived memory on top: the loss head at the end of the forward,
+                         # a layer's backward temporaries, or one recomputed layer (kept layers freed by then)
     workspace: float
     trainable_params: int
 
     @property
     def total(self) -> float:
-        return self.weights + self.trainable_state + self.activations + self.loss_head + self.workspace
+        return self.weights + self.trainable_state + self.activations + self.working + self.workspace
 
     def rows(self) -> list[tuple[str, float]]:
         return [("weights", self.weights), ("trainable state (param, grad, Adam)", self.trainable_state),
-                ("activations", self.activations), ("loss head", self.loss_head),
+                ("activations", self.activations), ("loss head / backward working memory", self.working),
                 ("CUDA workspace", self.workspace), ("total", self.total)]
 
 
@@ -83,13 +84,14 @@ def activation_bytes_per_token_layer(shape: Shape, dtype_bytes: int, fused_kerne
     RoPE and the attention output (2q + 4kv + q), the MLP's gate, up, activation and product
     (4i), and the fp32 copies the RMSNorms save (2 norms x 2h x 4 bytes).
     ftcli's kernels: the two norm inputs and outputs (4h), attention q and output, its
-    contiguous copy for o_proj and k/v (3q + 2kv), gate, up and their product (3i): 1.08 GiB
-    per layer at 8192 tokens on the Llama-3.1-8B shape, as measured on an H200.
+    contiguous copy for o_proj and k/v (3q + 2kv), gate and up (2i: the fused LoRA MLP recomputes
+    their product in backward). With the product kept (3i) this count gave 1.125 GiB per layer at
+    8192 tokens on the Llama-3.1-8B shape; an H200 measured 1.0-1.08.
     """
     h, i = shape.hidden, shape.intermediate
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     if fused_kernels:
-        return dtype_bytes * (4 * h + 3 * q + 2 * kv + 3 * i)
+        return dtype_bytes * (4 * h + 3 * q + 2 * kv + 2 * i)
     return dtype_bytes * (4 * h + 3 * q + 4 * kv + 4 * i) + 2 * 2 * h * 4
 
 
@@ -118,10 +120,17 @@ def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_i
     # kept layers hold all their activations; a recomputed one holds its input (unless offloaded),
     # and one recomputed layer's activations exist at a time in backward
     saved_inputs = 0 if offload else recomputed * tokens * shape.hidden * dtype_bytes
-    activations = (shape.layers - recomputed) * per_layer + saved_inputs + (per_layer if recomputed else 0)
-    # Final norm output and its gradient, plus one chunk of logits (model dtype) and their fp32 gradient.
-    loss_head = 2 * tokens * shape.hidden * dtype_bytes + min(tokens, LOSS_TILE_TOKENS) * shape.vocab * (dtype_bytes + 4)
-    return Estimate(weights=weights, trainable_state=state, activations=activations, loss_head=loss_head,
+    kept = (shape.layers - recomputed) * per_layer
+    # a layer's backward holds the MLP's activation gradients (gate, up) and its input gradient
+    transient = tokens * (2 * shape.intermediate + shape.hidden) * dtype_bytes
+    if fused_kernels:  # final norm output and its gradient, one chunk of logits and its softmax gradient
+        chunk_rows = 1 << (max(1, LOSS_CHUNK_BYTES // (shape.vocab * dtype_bytes)).bit_length() - 1)
+        loss_head = 2 * tokens * shape.hidden * dtype_bytes + 2 * min(tokens, chunk_rows) * shape.vocab * dtype_bytes
+    else:  # transformers materialises the logits, their fp32 upcast and its gradient
+        loss_head = tokens * shape.vocab * (dtype_bytes + 8)
+    # Backward runs the kept (last) layers first and frees them, so a recomputed layer never coexists with them.
+    working = max(loss_head, transient if kept else 0, per_layer + transient - kept if recomputed else 0)
+    return Estimate(weights=weights, trainable_state=state, activations=kept + saved_inputs, working=working,
                     workspace=WORKSPACE_BYTES, trainable_params=trainable)
 
 

@@ -7,7 +7,9 @@
 What is replaced (per module instance, by binding a new `forward` on the instance):
   rms_norm         every <Family>RMSNorm (Gemma's in `(1 + w)` fp32 mode; q_norm/k_norm included)
   rope             every attention module: the same forward with our q+k RoPE
-  swiglu / geglu   every MLP: down(act(gate(x)) * up(x)); Phi-3's fused gate_up_proj read in place
+  swiglu / geglu   every MLP: down(act(gate(x)) * up(x)); Phi-3's fused gate_up_proj read in place. With
+                   lora_linear too (Triton), LoRA gate/up/down run as one Function that recomputes
+                   act(gate) * up in backward instead of saving it (kernels/lora_mlp.py)
   lora_linear      every PEFT LoRA Linear (plain or bitsandbytes 4-bit base) whose active adapter has
                    dropout 0, no DoRA/variant, no LoRA bias; others keep PEFT's forward. Checked again at
                    each call: disabled/merged adapters, mixed-adapter batches fall back to PEFT.
@@ -124,7 +126,8 @@ def apply(model, ops="auto", log: Callable[[str], None] = lambda _: None, impl: 
             if act in requested and act == "swiglu" and hasattr(module, "gate_up_proj"):
                 _bind(report, act, name, module, functools.partial(_packed_mlp_forward, fn=fns["swiglu_packed"]))
             elif act in requested and hasattr(module, "gate_proj"):
-                _bind(report, act, name, module, functools.partial(_mlp_forward, fn=fns[act]))
+                fused = fns["lora_mlp"] if "lora_linear" in requested and impl == "triton" else None
+                _bind(report, act, name, module, functools.partial(_mlp_forward, fn=fns[act], act=act, fused=fused))
         elif "lora_linear" in requested and _is_lora_linear(module):
             if _lora_fusable(module):
                 _bind(report, "lora_linear", name, module, functools.partial(_lora_forward, fn=fns["lora_linear"]))
@@ -170,14 +173,15 @@ def _resolve_ops(ops) -> tuple[str, ...]:
 
 
 def _functions(impl: str) -> dict[str, Callable]:
-    from ftcli.kernels import fused_linear_ce, geglu, lora_linear, rms_norm, rope, swiglu
+    from ftcli.kernels import fused_linear_ce, geglu, lora_linear, lora_mlp, rms_norm, rope, swiglu
 
     ref = impl == "reference"
     pick = (lambda mod, name: getattr(mod, name + "_reference" if ref else name))
     return {"rms_norm": pick(rms_norm, "rms_norm"), "rope": pick(rope, "rope"), "swiglu": pick(swiglu, "swiglu"),
             "swiglu_packed": pick(swiglu, "swiglu_packed"), "geglu": pick(geglu, "geglu"),
             "ce": pick(fused_linear_ce, "fused_linear_cross_entropy"),
-            "logprobs": pick(fused_linear_ce, "selected_logprobs"), "lora_linear": pick(lora_linear, "lora_linear")}
+            "logprobs": pick(fused_linear_ce, "selected_logprobs"), "lora_linear": pick(lora_linear, "lora_linear"),
+            "lora_mlp": pick(lora_mlp, "lora_mlp")}
 
 
 def _bind(report, op, name, module, fn, attr="forward"):
@@ -244,7 +248,11 @@ def _attention_forward(self, hidden_states, position_embeddings=None, attention_
     return self.o_proj(out), weights
 
 
-def _mlp_forward(self, x, *, fn):
+def _mlp_forward(self, x, *, fn, act=None, fused=None):
+    if fused is not None:  # LoRA on gate, up and down: one Function that recomputes act(e) * g in backward
+        parts = [_lora_parts(p, x.dtype) for p in (self.gate_proj, self.up_proj, self.down_proj)]
+        if all(parts):
+            return fused(x, act, *parts)
     return self.down_proj(fn(self.gate_proj(x), self.up_proj(x)))
 
 
@@ -302,6 +310,23 @@ def _lora_forward(self, x, *args, fn, **kwargs):
         return fn(x_in, weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], base.bias,
                   quant_state).to(x.dtype)
     return fn(x, weight, self.lora_A[name].weight, self.lora_B[name].weight, self.scaling[name], base.bias, None)
+
+
+def _lora_parts(module, dtype) -> tuple | None:
+    """(W, A, B, scaling, quant_state) of a LoRA Linear the fused MLP can take over, else None."""
+    if not _is_lora_linear(module) or module.disable_adapters or module.merged:
+        return None
+    active = module.active_adapters
+    if len(active) != 1 or active[0] not in module.lora_A or not _lora_fusable(module, active[0]):
+        return None
+    base, name = module.get_base_layer(), active[0]
+    if base.bias is not None:
+        return None
+    quant_state = getattr(base.weight, "quant_state", None)
+    if quant_state is not None and quant_state.dtype != dtype:
+        return None  # bitsandbytes computes in its compute dtype: leave that conversion to the per-layer path
+    weight = base.weight.data if quant_state is not None else base.weight
+    return (weight, module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name], quant_state)
 
 
 # ---- causal-LM head

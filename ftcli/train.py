@@ -189,11 +189,13 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resum
         stage.finish(trainer)
     result.metrics = rundir.read_metrics(metrics_path)
     losses = [m["loss"] for m in result.metrics if "loss" in m]
+    sharded = recipe.train.distributed == "fsdp" and distributed.world_size() > 1
+    full_state = distributed.full_state_dict(trainer, sharded)
     if not main:
         result.seconds = time.time() - started
         return result
 
-    save_outputs(recipe, trainer.model, tokenizer, template, result)
+    save_outputs(recipe, trainer.model, tokenizer, template, result, full_state)
     rundir.plot_losses(result.metrics, run_dir / "loss.png")
 
     conversation = sample_conversation(eval_rows or train_rows)
@@ -201,7 +203,10 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resum
         from ftcli.generate import reply
 
         result.sample_prompt = conversation[-1]["content"]
-        result.sample_reply = reply(trainer.model, tokenizer, template, conversation)
+        if sharded:  # a sharded model cannot generate on rank 0 alone; the exported GGUF still answers below
+            log("sample reply: skipped for the in-memory model under FSDP (its weights are sharded)")
+        else:
+            result.sample_reply = reply(trainer.model, tokenizer, template, conversation)
         if result.gguf_path is not None:  # the same question, answered by llama.cpp from the exported GGUF
             from ftcli.chat_cmd import ChatSession
 
@@ -280,10 +285,14 @@ def apply_kernels(recipe: Recipe, model, log) -> dict:
     from ftcli import patch
 
     ops = recipe.train.kernels
-    if recipe.train.stage != "sft" and ops not in (False, None):
-        # DPO and GRPO score tokens through their own log-prob hook (stages/logprobs.py).
+    sharded = recipe.train.distributed == "fsdp" and distributed.world_size() > 1
+    if (recipe.train.stage != "sft" or sharded) and ops not in (False, None):
+        # DPO and GRPO score tokens through their own log-prob hook (stages/logprobs.py). Under FSDP the
+        # fused loss would read lm_head's weight outside lm_head's forward, where FSDP gathers it.
         chosen = patch.ALL_OPS if ops in ("auto", True) else ops
         ops = [op for op in chosen if op != "fused_linear_ce"]
+        if sharded and recipe.train.stage == "sft":
+            log("kernels: fused_linear_ce off under FSDP (the model's own lm_head + loss run instead)")
     try:
         report = patch.apply(model, ops, log=log, impl="triton" if recipe.train.kernels is True else "auto")
     except patch.KernelsUnavailable as err:
@@ -358,32 +367,33 @@ def build_trainer(recipe: Recipe, model, tokenizer, template, train_set, eval_se
     return sft.build_trainer(recipe, model, tokenizer, train_set, eval_set, **common), sft
 
 
-def save_outputs(recipe: Recipe, model, tokenizer, template, result: RunResult) -> None:
-    """adapter/ for LoRA (model/ for a full finetune), and merged/ when export.formats asks for it."""
+def save_outputs(recipe: Recipe, model, tokenizer, template, result: RunResult, state_dict=None) -> None:
+    """adapter/ for LoRA (model/ for a full finetune), and merged/ when export.formats asks for it.
+    `state_dict`: the full weights gathered from FSDP shards, when the model's own are sharded."""
     run_dir = result.run_dir
     if recipe.lora is not None or recipe.model.adapter is not None:
         with rundir.atomic_dir(run_dir / "adapter") as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.chat_template = template.source
             tokenizer.save_pretrained(tmp)
         result.adapter_dir = run_dir / "adapter"
     else:
         from ftcli.export.merge import save_merged
 
-        result.model_dir = save_merged(model, tokenizer, template.source, run_dir / "model")
+        result.model_dir = save_merged(model, tokenizer, template.source, run_dir / "model", state_dict)
     if "safetensors" in recipe.export.formats:
         from ftcli.export.merge import merge_adapter, save_merged
 
         if recipe.lora is None and recipe.model.adapter is None:
-            merged = model
+            merged, merged_state = model, state_dict
         else:
-            merged = merge_adapter(recipe.model.name, result.adapter_dir, models.pick_dtype(recipe.model),
-                                   recipe.model.trust_remote_code)
+            merged, merged_state = merge_adapter(recipe.model.name, result.adapter_dir,
+                                                 models.pick_dtype(recipe.model), recipe.model.trust_remote_code), None
             if recipe.model.doctor == "fix":  # the base was reloaded: its embedding/config fixes are needed again
                 from ftcli import doctor
 
                 doctor.reapply(merged, tokenizer, template, recipe)
-        result.merged_dir = save_merged(merged, tokenizer, template.source, run_dir / "merged")
+        result.merged_dir = save_merged(merged, tokenizer, template.source, run_dir / "merged", merged_state)
     if {"gguf", "ollama"} & set(recipe.export.formats):
         from ftcli.export.run import export_after_training
 

@@ -18,10 +18,11 @@ Why cuBLAS and not a Triton GEMM with the low-rank product as an extra K stretch
 version): on an H200 at 8192 rows that Triton kernel ran 1.6-2x slower than cuBLAS's base GEMM
 plus the in-place low-rank addmm_ (docs/kernels.md has the figures).
 
-Precision: the low-rank path runs in the activation dtype with fp32 accumulation (as Unsloth
-does); fp32 adapters (PEFT's autocast_adapter_dtype) are cast down for the product (r x in and
-out x r: tiny), and their gradients are returned in fp32. In float32/float64 every product is
-exact to that dtype's rounding.
+Precision: every GEMM takes the activation dtype with fp32 accumulation. With fp32 adapters
+(PEFT's autocast_adapter_dtype) on bf16 activations, the rank-r operands enter as hi + lo bf16
+pairs (`_hi_lo`) and the [rows, r] products are kept in fp32, so the adapter path and the adapter
+gradients are about as exact as PEFT's fp32 arithmetic while no fp32 copy of X is ever made. In
+float32/float64 every product is exact to that dtype's rounding.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _base_weight(weight, quant_state, dtype):
 
 
 def _mm_into(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """a @ b returned in `dtype`; bf16 products for fp32 adapter grads skip the bf16 rounding on CUDA."""
+    """a @ b returned in `dtype`: on CUDA a bf16 product is not rounded to bf16 on the way."""
     if a.dtype == dtype:
         return torch.mm(a, b)
     if a.is_cuda:
@@ -79,6 +80,66 @@ def _mm_into(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return torch.mm(a, b).to(dtype)
 
 
+def _hi_lo(t: torch.Tensor, dtype: torch.dtype, dim: int) -> torch.Tensor:
+    """t (fp32) as [hi, lo] in `dtype` concatenated along `dim`: hi + lo carries ~16 bits of t's mantissa.
+
+    The rank-r operands are tiny, so doubling them costs nothing in a product whose time is one pass
+    over the big [rows, in] operand, and it keeps fp32 adapters (PEFT's default) about as exact as
+    PEFT's own fp32 arithmetic without ever making an fp32 copy of the activations.
+    """
+    hi = t.to(dtype)
+    return torch.cat([hi, (t - hi.to(t.dtype)).to(dtype)], dim=dim)
+
+
+def _fold(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum the hi and lo halves of a product taken with a `_hi_lo` operand."""
+    first, second = t.chunk(2, dim=dim)
+    return first + second
+
+
+def _is_precise(adapter: torch.Tensor, activation_dtype: torch.dtype) -> bool:
+    """fp32 adapters on bf16/fp16 activations: keep the rank-r path in the adapter dtype."""
+    return adapter.dtype.itemsize > activation_dtype.itemsize
+
+
+def lowrank_in(x2: torch.Tensor, lora_a: torch.Tensor) -> torch.Tensor:
+    """XA = X A^T [rows, r]: in the adapter dtype when it is wider than X's."""
+    if _is_precise(lora_a, x2.dtype):
+        return _fold(_mm_into(x2, _hi_lo(lora_a, x2.dtype, 0).t(), lora_a.dtype), 1)
+    return torch.mm(x2, lora_a.to(x2.dtype).t())
+
+
+def lora_out(x2, w, xa, lora_b, scaling, bias=None) -> torch.Tensor:
+    """Y = X W^T (+ bias), then Y += s XA B^T in place."""
+    y = torch.mm(x2, w.t()) if bias is None else torch.addmm(bias.to(x2.dtype), x2, w.t())
+    return y.addmm_(xa.to(x2.dtype), lora_b.to(x2.dtype).t(), alpha=scaling)
+
+
+def lowrank_grad_in(dy2: torch.Tensor, lora_b: torch.Tensor) -> torch.Tensor:
+    """dYB = dY B [rows, r], in the adapter dtype when it is wider than dY's."""
+    if _is_precise(lora_b, dy2.dtype):
+        return _fold(_mm_into(dy2, _hi_lo(lora_b, dy2.dtype, 1), lora_b.dtype), 1)
+    return torch.mm(dy2, lora_b.to(dy2.dtype))
+
+
+def add_input_grad(dx, dy2, w, dyb, lora_a, scaling) -> torch.Tensor:
+    """dX (+)= dY W + s dYB A; dx None starts a new tensor."""
+    dx = torch.mm(dy2, w) if dx is None else dx.addmm_(dy2, w)
+    return dx.addmm_(dyb.to(dy2.dtype), lora_a.to(dy2.dtype), alpha=scaling)
+
+
+def adapter_grads(dy2, x2, xa, dyb, lora_a, lora_b, scaling, need_da=True, need_db=True):
+    """dA = s dYB^T X and dB = s dY^T XA in the adapters' dtypes (rank-r products first)."""
+    dt, da, db = x2.dtype, None, None
+    if need_da:
+        da = (_fold(_mm_into(_hi_lo(dyb, dt, 1).t(), x2, lora_a.dtype), 0) if _is_precise(lora_a, dt)
+              else _mm_into(dyb.to(dt).t(), x2, lora_a.dtype)).mul_(scaling)
+    if need_db:
+        db = (_fold(_mm_into(dy2.t(), _hi_lo(xa, dt, 1), lora_b.dtype), 1) if _is_precise(lora_b, dt)
+              else _mm_into(dy2.t(), xa.to(dt), lora_b.dtype)).mul_(scaling)
+    return da, db
+
+
 class LoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, lora_a, lora_b, scaling, bias, quant_state):
@@ -86,10 +147,8 @@ class LoRALinearFunction(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         w = _base_weight(weight, quant_state, x.dtype)
-        a, b = lora_a.to(x.dtype), lora_b.to(x.dtype)
-        xa = torch.mm(x2, a.t())  # [rows, r]
-        y = torch.mm(x2, w.t()) if bias is None else torch.addmm(bias.to(x.dtype), x2, w.t())
-        y.addmm_(xa, b.t(), alpha=scaling)
+        xa = lowrank_in(x2, lora_a)
+        y = lora_out(x2, w, xa, lora_b, scaling, bias)
         ctx.save_for_backward(x2, weight, lora_a, lora_b, xa, bias)
         ctx.scaling, ctx.quant_state, ctx.shape = scaling, quant_state, shape
         return y.view(*shape[:-1], w.shape[0])
@@ -100,16 +159,12 @@ class LoRALinearFunction(torch.autograd.Function):
         s = ctx.scaling
         dy2 = dy.reshape(-1, dy.shape[-1]).to(x2.dtype)
         need_dx, need_dw, need_da, need_db, _, need_dbias, _ = ctx.needs_input_grad
-        a, b = lora_a.to(x2.dtype), lora_b.to(x2.dtype)
-        dyb = torch.mm(dy2, b)  # [rows, r]
-        dx = dw = da = db = dbias = None
+        dyb = lowrank_grad_in(dy2, lora_b)
+        dx = dw = dbias = None
         if need_dx:
-            w = _base_weight(weight, ctx.quant_state, x2.dtype)
-            dx = torch.mm(dy2, w).addmm_(dyb, a, alpha=s).view(ctx.shape)
-        if need_da:
-            da = _mm_into(dyb.t(), x2, lora_a.dtype).mul_(s)
-        if need_db:
-            db = _mm_into(dy2.t(), xa, lora_b.dtype).mul_(s)
+            dx = add_input_grad(None, dy2, _base_weight(weight, ctx.quant_state, x2.dtype), dyb, lora_a, s)
+            dx = dx.view(ctx.shape)
+        da, db = adapter_grads(dy2, x2, xa, dyb, lora_a, lora_b, s, need_da, need_db)
         if need_dw:  # a trainable base weight (not LoRA's use): plain dW
             dw = torch.mm(dy2.t(), x2).to(weight.dtype)
         if need_dbias:

@@ -38,10 +38,10 @@ def test_fast_keeps_as_many_layers_as_the_budget_allows():
 
     roomy, tight, capped = fast(None), fast(24.0), fast(31.3)
     assert roomy.recomputed == 0 and not roomy.offload  # 90% of 141 GiB holds every layer's activations
-    assert 0 < capped.recomputed < tight.recomputed <= 32
+    assert 0 < capped.recomputed < tight.recomputed <= 32 and capped.offload
     for p, budget in [(tight, 24.0), (capped, 31.3)]:
-        fits = memory.estimate(LLAMA_8B, **KW, recomputed_layers=p.recomputed).total
-        one_less = memory.estimate(LLAMA_8B, **KW, recomputed_layers=p.recomputed - 1).total
+        fits = memory.estimate(LLAMA_8B, **KW, recomputed_layers=p.recomputed, offload=True).total
+        one_less = memory.estimate(LLAMA_8B, **KW, recomputed_layers=p.recomputed - 1, offload=True).total
         assert fits <= budget * GiB < one_less  # the fewest recomputed layers that fit
     assert fast(5.0).recomputed == 32  # nothing fits: recompute everything, the pre-flight check will say so
 

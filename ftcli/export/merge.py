@@ -27,10 +27,11 @@ def merge_adapter(base_name: str, adapter_dir: Path, dtype: torch.dtype, trust_r
     return model.merge_and_unload()
 
 
-def save_merged(model, tokenizer, template_source: str | None, out: Path) -> Path:
-    """Write model, tokenizer (with the training chat template) and generation_config atomically."""
+def save_merged(model, tokenizer, template_source: str | None, out: Path, state_dict: dict | None = None) -> Path:
+    """Write model, tokenizer (with the training chat template) and generation_config atomically.
+    `state_dict`: the full weights gathered from FSDP shards (the model's own are sharded then)."""
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if template_source is not None:
             tokenizer.chat_template = template_source
         tokenizer.save_pretrained(tmp)
