@@ -27,15 +27,23 @@ class Shape:
     head_dim: int
     vocab: int
     tied: bool
+    sandwich_norms: bool = False  # Gemma: RMSNorm after attention and after the MLP too
+    qk_norm: bool = False         # Qwen3, Gemma 3: RMSNorm on q and k per head
+    masked_attention: bool = False  # sliding-window layers: SDPA gets a mask, k/v are expanded to q's heads
 
     @classmethod
     def from_config(cls, config) -> "Shape":
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+        model_type = getattr(text, "model_type", "")
+        layer_types = getattr(text, "layer_types", None) or []
         return cls(hidden=text.hidden_size, intermediate=text.intermediate_size, layers=text.num_hidden_layers,
                    heads=heads, kv_heads=getattr(text, "num_key_value_heads", None) or heads, head_dim=head_dim,
-                   vocab=text.vocab_size, tied=bool(getattr(text, "tie_word_embeddings", False)))
+                   vocab=text.vocab_size, tied=bool(getattr(text, "tie_word_embeddings", False)),
+                   sandwich_norms=model_type.startswith(("gemma2", "gemma3")),
+                   qk_norm=model_type.startswith(("qwen3", "gemma3")),
+                   masked_attention=any("sliding" in t for t in layer_types))
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each projection of one decoder layer."""
@@ -87,12 +95,18 @@ def activation_bytes_per_token_layer(shape: Shape, dtype_bytes: int, fused_kerne
     contiguous copy for o_proj and k/v (3q + 2kv), gate and up (2i: the fused LoRA MLP recomputes
     their product in backward). With the product kept (3i) this count gave 1.125 GiB per layer at
     8192 tokens on the Llama-3.1-8B shape; an H200 measured 1.0-1.08.
+    Family extras: Gemma's two more norms (2h), q/k norms (q + kv), and k/v expanded to q's
+    heads where attention takes a mask (2(q - kv)). With them the estimate came within -3..+5%
+    of the peaks measured on an H200 for the Llama-3.1-8B, Qwen3-8B and Gemma-3-4B shapes
+    (docs/benchmarks.md).
     """
     h, i = shape.hidden, shape.intermediate
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    extra = (2 * h if shape.sandwich_norms else 0) + (q + kv if shape.qk_norm else 0) \
+        + (2 * (q - kv) if shape.masked_attention else 0)
     if fused_kernels:
-        return dtype_bytes * (4 * h + 3 * q + 2 * kv + 2 * i)
-    return dtype_bytes * (4 * h + 3 * q + 4 * kv + 4 * i) + 2 * 2 * h * 4
+        return dtype_bytes * (4 * h + 3 * q + 2 * kv + 2 * i + extra)
+    return dtype_bytes * (4 * h + 3 * q + 4 * kv + 4 * i + extra) + 2 * 2 * h * 4
 
 
 def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_in_4bit: bool = False,
