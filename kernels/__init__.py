@@ -7,7 +7,9 @@ One module per op; each has Triton forward and backward kernels behind a
     rope             rope(q, k, cos, sin, position_ids=None)
     swiglu, geglu    swiglu(gate, up) / geglu(gate, up) (Gemma's tanh GELU)
     fused_linear_ce  fused_linear_cross_entropy (lm_head + CE, chunked) and selected_logprobs
-    lora_linear      lora_linear (base matmul + low-rank path in one Function; QLoRA dequant)
+    lora_linear      lora_linear (base matmul + low-rank path in one Function on cuBLAS; QLoRA dequant)
+    lora_mlp         lora_mlp (LoRA gate/up/down + SwiGLU/GeGLU in one Function; used by ftcli.patch
+                     with lora_linear and an activation op, not an op of its own)
 
 `OPS` is the registry `ftcli.patch` reads; `triton_runnable()` says whether Triton can run here.
 """
