@@ -59,3 +59,21 @@ def test_bench_plumbing_end_to_end_on_a_tiny_shape(tmp_path):
     assert bench.compare(results) == []  # same loss and grad norm as plain HF on the first step
     broken = [bench.ModeResult(**{**vars(fast), "first_loss": fast.first_loss * 1.5})]
     assert bench.compare([hf, ours] + broken)  # a wrong ftcli-fast row is caught too
+
+
+def test_max_seq_doubles_the_batch1_sequence_until_a_step_fails(monkeypatch, tmp_path):
+    seen = []
+
+    def fake_run(spec, timeout):
+        seen.append((spec["seq"], spec["batch"], spec["gc"]))
+        ok = spec["seq"] <= 64
+        return bench.ModeResult(arch=spec["arch"], mode=spec["mode"], ok=ok, seq=spec["seq"], batch=1,
+                                error=None if ok else "OOM: CUDA out of memory")
+
+    monkeypatch.setattr(bench, "run_in_subprocess", fake_run)
+    attempts = bench.max_seq("tiny-llama", "ftcli", tmp_path, r=4, start=16, limit=1024, timeout=10)
+    assert [a.seq for a in attempts] == [16, 32, 64, 128]
+    assert [a.ok for a in attempts] == [True, True, True, False]
+    assert all(batch == 1 and gc for _, batch, gc in seen)
+    capped = bench.max_seq("tiny-llama", "ftcli", tmp_path, r=4, start=16, limit=32, timeout=10)
+    assert [a.seq for a in capped] == [16, 32]  # never past the limit
