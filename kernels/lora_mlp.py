@@ -43,12 +43,13 @@ class LoRAMLPFunction(torch.autograd.Function):
         (sg, su, sd), (qg, qu, qd), (fwd, bwd) = ctx.scalings, ctx.quant, ctx.act
         dt = x2.dtype
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dt)
-        # down: dH = dY Wd + s dYB Ad; its adapter needs h, recomputed from e and g
+        # down: its adapter needs h, recomputed from e and g and dropped before dH = dY Wd + s dYB Ad
+        # exists, so that at most three ffn-sized tensors are alive at once
         dyb_d = lowrank_grad_in(dy2, bd)
-        dh = add_input_grad(None, dy2, _base_weight(wd, qd, dt), dyb_d, ad, sd)
         h = launch_fwd(fwd, e, g)
         da_d, db_d = adapter_grads(dy2, h, xa_d, dyb_d, ad, bd, sd)
         del h
+        dh = add_input_grad(None, dy2, _base_weight(wd, qd, dt), dyb_d, ad, sd)
         # e and g are dead after this: their gradients overwrite them (a second backward through this graph
         # fails autograd's saved-tensor version check instead of computing garbage)
         launch_bwd(bwd, dh, e, g, e, g)
