@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-BUDGET_FRACTION = 0.9  # of the GPU's memory, when fast has no explicit budget
+BUDGET_FRACTION = 0.9  # of the GPU memory this process can have, when fast has no explicit budget
 
 
 @dataclass
@@ -82,6 +82,9 @@ def plan_for(recipe, config) -> Plan:
     from ftcli import memory
 
     on_gpu = torch.cuda.is_available()
-    gpu_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory if on_gpu else 0
+    gpu_bytes = 0
+    if on_gpu:  # what this process may use: free memory plus what it holds already (the loaded model)
+        free, _ = torch.cuda.mem_get_info()
+        gpu_bytes = free + torch.cuda.memory_reserved()
     return plan(recipe.train, memory.Shape.from_config(config), memory.recipe_kwargs(recipe), on_gpu=on_gpu,
                 gpu_bytes=gpu_bytes)

@@ -194,7 +194,7 @@ class TrainSection(Section):
         "lean", description="lean: least GPU memory (recompute activations, layer inputs offloaded to CPU); "
                             "fast: keep activations of as many layers as memory_budget_gib allows (docs/speed.md)")
     memory_budget_gib: float | None = Field(
-        None, gt=0, description="fast: GPU memory the run may use; None = 90% of the GPU's memory")
+        None, gt=0, description="fast: GPU memory the run may use; None = 90% of what the GPU has free for it")
     gradient_checkpointing: Literal["auto", "offload"] | bool = Field(
         "auto", description="auto: from train.memory on a GPU, off on the CPU; true: recompute every layer; "
                             "offload: true + layer inputs kept in pinned CPU memory; false: never recompute")
