@@ -5,7 +5,8 @@ lean (default): every layer recomputes; on a GPU its saved input goes to pinned 
   (ftcli/offload.py), so activations cost about one layer, whatever the depth.
 fast: recomputation is a +50% tax on the GEMM FLOPs of a LoRA step (research/kernels.md §1.2),
   so keep every layer's activations that fit in `train.memory_budget_gib` (default: 90% of the
-  GPU) and recompute only the rest (their inputs offloaded, so that one more layer fits).
+  GPU memory free for the run) and recompute only the rest (their inputs offloaded, so that one
+  more layer fits).
 An explicit `gradient_checkpointing` (true / false / offload) overrides the preset. On the CPU
 `auto` means off: there is no GPU memory to save.
 """
