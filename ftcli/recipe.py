@@ -207,6 +207,13 @@ class TrainSection(Section):
     kernels: Literal["auto"] | bool | list[str] = Field(
         "auto", description="auto: Triton on CUDA (references on CPU); true: Triton required; false; or a list of ops")
 
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_choice(cls, value):
+        if isinstance(value, bool) or value in ("auto", "offload"):
+            return value
+        raise ValueError("choose auto, true, false or offload")
+
     @field_validator("kernels")
     @classmethod
     def _known_ops(cls, value):

@@ -129,3 +129,12 @@ def test_every_recipe_key_is_documented():
         section = recipe._section_class(recipe.Recipe, section_name)
         for key in (section.model_fields if section else {}):
             assert f"`{key}`" in docs, f"{section_name}.{key} is not in docs/recipes.md"
+
+
+def test_memory_settings_validate_with_one_clear_message(tmp_path):
+    for choice in (True, False, "auto", "offload"):
+        loaded = recipe.load(write_recipe(tmp_path / "r.yaml", train={"gradient_checkpointing": choice}))
+        assert loaded.train.gradient_checkpointing == choice
+    bad = problems_of(write_recipe(tmp_path / "r.yaml", train={"gradient_checkpointing": "offlaod"}))
+    assert len(bad) == 1 and "choose auto, true, false or offload" in bad[0]
+    assert "lean" in problems_of(write_recipe(tmp_path / "r.yaml", train={"memory": "fastest"}))[0]
