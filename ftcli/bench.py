@@ -169,9 +169,7 @@ def _load(mode: str, folder: Path, model_type: str, gc: bool, r: int, tokens: tu
         patch.apply(model, "auto")
         plan = _ftcli_plan(mode, model.config, gc, r, tokens, budget_gib, four_bit)
         checkpointing.apply(model, plan)
-        model.ftcli_checkpointing = (f"{plan.recomputed}/{plan.layers} layers recompute"
-                                     + (", inputs offloaded" if plan.offload and plan.recomputed else "")
-                                     + f" ({plan.reason})")
+        model.ftcli_checkpointing = plan.describe()
     return model
 
 
@@ -239,7 +237,7 @@ def run_mode(arch: str, mode: str, folder: Path, seq: int, batch: int, steps: in
 
 
 def _profile_step(model, optimizer, ids, path: Path) -> None:
-    """One more step under torch.profiler: the ops table by GPU time, and a Chrome trace beside it."""
+    """One more step under torch.profiler; writes its ops table, sorted by GPU time, to `path`."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 

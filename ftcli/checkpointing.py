@@ -25,6 +25,10 @@ class Plan:
     offload: bool       # recomputed layers' inputs live in pinned CPU memory
     reason: str
 
+    def describe(self) -> str:
+        offloaded = ", inputs offloaded to CPU" if self.offload and self.recomputed else ""
+        return f"{self.recomputed} of {self.layers} layers recompute{offloaded} ({self.reason})"
+
     def as_dict(self) -> dict:
         return {"recomputed_layers": self.recomputed, "layers": self.layers, "offload": self.offload,
                 "reason": self.reason}

@@ -137,8 +137,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resum
         model = models.add_lora(model, recipe.lora, plan.recomputed > 0)
     checkpointing.apply(model, plan)
     facts["checkpointing"] = plan.as_dict()
-    log(f"activation checkpointing: {plan.recomputed} of {plan.layers} layers recompute"
-        + (", inputs offloaded to CPU" if plan.offload and plan.recomputed else "") + f" ({plan.reason})")
+    log(f"activation checkpointing: {plan.describe()}")
     result.trainable_params, result.total_params = models.trainable_parameters(model)
 
     t = recipe.train
