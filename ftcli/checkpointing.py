@@ -60,14 +60,11 @@ def apply(model, plan: Plan) -> int:
     """Switch checkpointing on for the first `plan.recomputed` decoder layers; returns how many."""
     if plan.recomputed == 0:
         return 0
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    base.config.use_cache = False
-    if plan.offload:
-        from ftcli import offload
+    from ftcli import offload
 
-        offload.enable(base, offload=True)
-        base.enable_input_require_grads()  # the offloading Function needs a grad path through its input
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    offload.enable(base, offload=plan.offload)  # non-reentrant checkpointing, or ours with offload
+    base.config.use_cache = False
     layers = decoder_layers(base)
     for i, layer in enumerate(layers):
         layer.gradient_checkpointing = i < plan.recomputed
@@ -81,15 +78,9 @@ def decoder_layers(model) -> list:
 
 
 def plan_for(recipe, config) -> Plan:
-    """The plan for a recipe on this machine (its GPU's size decides `fast`)."""
-    import torch
-
+    """The plan for a recipe on this machine (the GPU memory free for the run decides `fast`)."""
     from ftcli import memory
 
-    on_gpu = torch.cuda.is_available()
-    gpu_bytes = 0
-    if on_gpu:  # what this process may use: free memory plus what it holds already (the loaded model)
-        free, _ = torch.cuda.mem_get_info()
-        gpu_bytes = free + torch.cuda.memory_reserved()
-    return plan(recipe.train, memory.Shape.from_config(config), memory.recipe_kwargs(recipe), on_gpu=on_gpu,
-                gpu_bytes=gpu_bytes)
+    gpu_bytes = memory.gpu_bytes_for_run()
+    return plan(recipe.train, memory.Shape.from_config(config), memory.recipe_kwargs(recipe),
+                on_gpu=gpu_bytes is not None, gpu_bytes=gpu_bytes or 0)

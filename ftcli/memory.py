@@ -180,17 +180,20 @@ def estimate_for(recipe) -> Estimate | None:
     try:
         config = AutoConfig.from_pretrained(resolve_name(recipe.model.name),
                                             trust_remote_code=recipe.model.trust_remote_code)
-        gpu = torch_gpu_bytes()
+        gpu = gpu_bytes_for_run()
         return for_recipe(recipe, config, gpu)
     except Exception:  # offline hub id, unusual config: the run itself will say what is wrong
         return None
 
 
-def torch_gpu_bytes() -> float | None:
+def gpu_bytes_for_run() -> float | None:
+    """GPU memory this process can have: what is free plus what it already holds (None without CUDA)."""
     import torch
 
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory \
-        if torch.cuda.is_available() else None
+    if not torch.cuda.is_available():
+        return None
+    free, _ = torch.cuda.mem_get_info()
+    return free + torch.cuda.memory_reserved()
 
 
 def advice(recipe) -> list[str]:
