@@ -20,6 +20,7 @@ Test cases, from a dataset column, may be:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -36,8 +37,10 @@ import io, json, os, resource, sys
 def _limits(cfg):
     for name, value in (("RLIMIT_AS", cfg["memory"]), ("RLIMIT_CPU", cfg["cpu"]), ("RLIMIT_FSIZE", cfg["output"]),
                         ("RLIMIT_CORE", 0), ("RLIMIT_NOFILE", 64)):
+        # The CPU soft limit sends SIGXCPU, the hard one a second later SIGKILL.
+        hard = value + 1 if name == "RLIMIT_CPU" else value
         try:
-            resource.setrlimit(getattr(resource, name), (value, value))
+            resource.setrlimit(getattr(resource, name), (value, hard))
         except (ValueError, OSError, AttributeError):
             if name in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE"):
                 raise
@@ -204,7 +207,9 @@ def run(code: str, tests, timeout: float = 5.0, memory_mb: int = 512, max_output
     nonce = secrets.token_hex(16)
     payload = json.dumps({
         "nonce": nonce, "code": code, "cases": cases,
-        "limits": {"memory": memory_mb * 1024 * 1024, "cpu": max(1, int(timeout) + 1),
+        # The CPU-seconds limit is a backstop behind the parent's wall-clock timeout: one thread cannot
+        # spend more CPU than wall time, so a busy loop hits the wall clock first and reads as a timeout.
+        "limits": {"memory": memory_mb * 1024 * 1024, "cpu": math.ceil(timeout) + 3,
                    "output": max_output_bytes + 4096},
     })
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}
@@ -223,6 +228,8 @@ def run(code: str, tests, timeout: float = 5.0, memory_mb: int = 512, max_output
             return Result(0, len(cases), "timeout")
         finally:
             _kill(proc)  # reap any stragglers in the group
+        if proc.returncode == -signal.SIGXCPU:
+            return Result(0, len(cases), "timeout")  # the CPU-seconds backstop fired
         if proc.returncode != 0:
             return Result(0, len(cases), "killed")
         out.seek(0)
