@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ftcli.hf_compat import enable_checkpointing
+
 MODES = ("hf", "liger", "unsloth", "ftcli", "ftcli-fast")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PEAK_BF16_FLOPS = 989e12  # H100/H200 dense bf16 datasheet peak (research/kernels.md §1.2)
@@ -158,7 +160,7 @@ def _load(mode: str, folder: Path, model_type: str, gc: bool, r: int, tokens: tu
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="sdpa",
                                                  device_map=_device(), quantization_config=quant)
     if gc and not mode.startswith("ftcli"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.enable_input_require_grads()
     torch.manual_seed(1)
     model = get_peft_model(model, LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, target_modules=TARGETS,

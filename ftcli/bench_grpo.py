@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ftcli.bench import SHAPES, TOKENIZER_FAMILY, make_config
+from ftcli.hf_compat import checkpointing_args
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODES = ("trl", "ftcli")
@@ -134,7 +135,7 @@ def _trl_trainer(spec: dict, model, tokenizer, dataset, out_dir: str):
         output_dir=out_dir, max_steps=spec["steps"], per_device_train_batch_size=spec["generations"],
         gradient_accumulation_steps=1, learning_rate=1e-5, lr_scheduler_type="constant", logging_steps=1,
         save_strategy="no", report_to=[], disable_tqdm=True, seed=0, data_seed=0,
-        gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False},
+        **checkpointing_args(True),
         bf16=cuda, fp16=False, use_cpu=not cuda, use_liger_kernel=False,
         num_generations=spec["generations"], max_completion_length=spec["completion_tokens"],
         generation_kwargs={"min_new_tokens": spec["completion_tokens"]}, temperature=1.0, beta=0.0,

@@ -24,18 +24,26 @@ class Plan:
     recomputed: int     # how many decoder layers recompute (the last ones keep their activations)
     offload: bool       # recomputed layers' inputs live in pinned CPU memory
     reason: str
+    split: bool = False  # offloaded layers recompute attention and MLP as two blocks (ftcli/layer_blocks.py)
 
     def describe(self) -> str:
         offloaded = ", inputs offloaded to CPU" if self.offload and self.recomputed else ""
-        return f"{self.recomputed} of {self.layers} layers recompute{offloaded} ({self.reason})"
+        split = ", attention and MLP recomputed separately" if self.split and self.recomputed else ""
+        return f"{self.recomputed} of {self.layers} layers recompute{offloaded}{split} ({self.reason})"
 
     def as_dict(self) -> dict:
         return {"recomputed_layers": self.recomputed, "layers": self.layers, "offload": self.offload,
-                "reason": self.reason}
+                "split_blocks": self.split, "reason": self.reason}
 
 
 def plan(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float) -> Plan:
     """The plan for a recipe's train section on a model of `shape` (memory.Shape)."""
+    decided = _decide(train, shape, estimate_kwargs, on_gpu=on_gpu, gpu_bytes=gpu_bytes)
+    decided.split = decided.offload and shape.splits_blocks
+    return decided
+
+
+def _decide(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float) -> Plan:
     from ftcli import memory
 
     layers, choice = shape.layers, train.gradient_checkpointing
@@ -63,12 +71,9 @@ def apply(model, plan: Plan) -> int:
     from ftcli import offload
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    offload.enable(base, offload=plan.offload)  # non-reentrant checkpointing, or ours with offload
     base.config.use_cache = False
-    layers = decoder_layers(base)
-    for i, layer in enumerate(layers):
-        layer.gradient_checkpointing = i < plan.recomputed
-    return min(plan.recomputed, len(layers))
+    # non-reentrant checkpointing, or ours with offload (and split blocks)
+    return offload.enable(base, offload=plan.offload, layers=plan.recomputed, split=plan.split)
 
 
 def decoder_layers(model) -> list:

@@ -30,9 +30,12 @@ class Shape:
     sandwich_norms: bool = False  # Gemma: RMSNorm after attention and after the MLP too
     qk_norm: bool = False         # Qwen3, Gemma 3: RMSNorm on q and k per head
     masked_attention: bool = False  # sliding-window layers: SDPA gets a mask, k/v are expanded to q's heads
+    splits_blocks: bool = False   # offloaded recompute runs attention and MLP as two blocks (ftcli/layer_blocks.py)
 
     @classmethod
     def from_config(cls, config) -> "Shape":
+        from ftcli import layer_blocks
+
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
@@ -43,7 +46,8 @@ class Shape:
                    vocab=text.vocab_size, tied=bool(getattr(text, "tie_word_embeddings", False)),
                    sandwich_norms=model_type.startswith(("gemma2", "gemma3")),
                    qk_norm=model_type.startswith(("qwen3", "gemma3")),
-                   masked_attention=any("sliding" in t for t in layer_types))
+                   masked_attention=any("sliding" in t for t in layer_types),
+                   splits_blocks=layer_blocks.layout_for(text) is not None)
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each projection of one decoder layer."""
@@ -86,7 +90,12 @@ def lora_params(shape: Shape, r: int, targets) -> int:
 
 
 def activation_bytes_per_token_layer(shape: Shape, dtype_bytes: int, fused_kernels: bool = False) -> float:
-    """Tensors one decoder layer keeps for backward, per token.
+    """Tensors one decoder layer keeps for backward, per token (its attention and MLP blocks)."""
+    return sum(activation_bytes_per_token_block(shape, dtype_bytes, fused_kernels))
+
+
+def activation_bytes_per_token_block(shape: Shape, dtype_bytes: int, fused_kernels: bool = False) -> tuple:
+    """(attention block, MLP block): tensors each half of a decoder layer keeps for backward, per token.
 
     Hugging Face + PEFT: residual in/out and the two norm outputs (4h), q/k/v before and after
     RoPE and the attention output (2q + 4kv + q), the MLP's gate, up, activation and product
@@ -102,11 +111,26 @@ def activation_bytes_per_token_layer(shape: Shape, dtype_bytes: int, fused_kerne
     """
     h, i = shape.hidden, shape.intermediate
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    extra = (2 * h if shape.sandwich_norms else 0) + (q + kv if shape.qk_norm else 0) \
-        + (2 * (q - kv) if shape.masked_attention else 0)
+    sandwich = h if shape.sandwich_norms else 0  # one more norm in each block
+    attention_extra = sandwich + (q + kv if shape.qk_norm else 0) + (2 * (q - kv) if shape.masked_attention else 0)
     if fused_kernels:
-        return dtype_bytes * (4 * h + 3 * q + 2 * kv + 2 * i + extra)
-    return dtype_bytes * (4 * h + 3 * q + 4 * kv + 4 * i + extra) + 2 * 2 * h * 4
+        return (dtype_bytes * (2 * h + 3 * q + 2 * kv + attention_extra), dtype_bytes * (2 * h + 2 * i + sandwich))
+    norm_fp32 = 2 * h * 4  # each block's RMSNorm keeps an fp32 copy of its input and output
+    return (dtype_bytes * (2 * h + 3 * q + 4 * kv + attention_extra) + norm_fp32,
+            dtype_bytes * (2 * h + 4 * i + sandwich) + norm_fp32)
+
+
+def recompute_peak_bytes(shape: Shape, tokens: int, dtype_bytes: int, fused_kernels: bool, split: bool) -> float:
+    """Memory of one recomputed layer during its backward: its activations plus the backward's temporaries
+    (the MLP's gate/up gradients and its input gradient; attention's q/k/v and output gradients). Split into
+    two blocks, only one block's activations exist at a time."""
+    attention, mlp = activation_bytes_per_token_block(shape, dtype_bytes, fused_kernels)
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    mlp_temporaries = (2 * shape.intermediate + shape.hidden) * dtype_bytes
+    attention_temporaries = (2 * q + 2 * kv + shape.hidden) * dtype_bytes
+    if split:
+        return tokens * max(attention + attention_temporaries, mlp + mlp_temporaries)
+    return tokens * (attention + mlp + mlp_temporaries)
 
 
 def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_in_4bit: bool = False,
@@ -132,7 +156,7 @@ def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_i
         recomputed_layers = shape.layers if gradient_checkpointing else 0
     recomputed = max(0, min(recomputed_layers, shape.layers))
     # kept layers hold all their activations; a recomputed one holds its input (unless offloaded),
-    # and one recomputed layer's activations exist at a time in backward
+    # and one recomputed layer's (or, split, one block's) activations exist at a time in backward
     saved_inputs = 0 if offload else recomputed * tokens * shape.hidden * dtype_bytes
     kept = (shape.layers - recomputed) * per_layer
     # a layer's backward holds the MLP's activation gradients (gate, up) and its input gradient
@@ -143,7 +167,9 @@ def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_i
     else:  # transformers materialises the logits, their fp32 upcast and its gradient
         loss_head = tokens * shape.vocab * (dtype_bytes + 8)
     # Backward runs the kept (last) layers first and frees them, so a recomputed layer never coexists with them.
-    working = max(loss_head, transient if kept else 0, per_layer + transient - kept if recomputed else 0)
+    split = offload and shape.splits_blocks
+    recompute = recompute_peak_bytes(shape, tokens, dtype_bytes, fused_kernels, split) - kept if recomputed else 0
+    working = max(loss_head, transient if kept else 0, recompute)
     return Estimate(weights=weights, trainable_state=state, activations=kept + saved_inputs, working=working,
                     workspace=WORKSPACE_BYTES, trainable_params=trainable)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ftcli.errors import BadInput, MissingPackage
+from ftcli.hf_compat import enable_checkpointing
 from ftcli.recipe import LoraSection, ModelSection
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
@@ -97,7 +98,7 @@ def load(section: ModelSection):
 def add_lora(model, section: LoraSection | None, gradient_checkpointing: bool):
     """Wrap the model in a PEFT LoRA model (or leave it whole for a full finetune)."""
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.config.use_cache = False
     if section is None:
         return model

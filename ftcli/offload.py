@@ -31,31 +31,49 @@ import weakref
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from ftcli import layer_blocks
+from ftcli.hf_compat import enable_checkpointing
+
 MIN_BYTES = 1 << 20  # smaller inputs stay where they are: a copy's fixed cost exceeds what it frees
 
 _OFFLOADERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base model -> Offloader
 
 
-def enable(model, offload: bool, *, min_bytes: int = MIN_BYTES, keep_last: bool = True) -> int:
-    """Turn on non-reentrant checkpointing of every decoder layer; with `offload`, swap in `_LayerCheckpoint`.
+def enable(model, offload: bool, *, layers: int | None = None, split: bool = False, min_bytes: int = MIN_BYTES,
+           keep_last: bool = True) -> int:
+    """Checkpoint the first `layers` decoder layers (default: all), non-reentrant; with `offload`, through
+    `_LayerCheckpoint`, and with `split` too, each layer as an attention and an MLP block (ftcli/layer_blocks.py)
+    where the architecture's layout is known.
 
     `model` may be a peft PeftModel. Returns the number of checkpointed layers. Calling it again replaces the
     earlier setting (and the earlier host buffers).
     """
+    if split and not offload:
+        raise ValueError("split blocks need offload: kept on the GPU, the second checkpoint per layer costs "
+                         "more memory than the split saves")
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kwargs = {"use_reentrant": False}
-    if hasattr(base, "activation_checkpointing_enable"):  # newer transformers deprecate gradient_checkpointing_enable
-        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    every = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in every:
+        layer_blocks.remove(layer)
+    enable_checkpointing(base)
+    n = len(every) if layers is None else max(0, min(layers, len(every)))
+    for i, layer in enumerate(every):
+        layer.gradient_checkpointing = i < n
+    chosen = every[:n]
     _OFFLOADERS.pop(base, None)
     if offload:
-        off = Offloader(len(layers), min_bytes=min_bytes, keep_last=keep_last)
-        for slot, layer in enumerate(layers):
-            layer._gradient_checkpointing_func = _LayerCheckpoint(off, slot)
+        layout = layer_blocks.layout_for(base.config) if split else None
+        halves = [layout is not None and layer_blocks.fits(layer, layout) for layer in chosen]
+        off = Offloader(n + sum(halves), min_bytes=min_bytes, keep_last=keep_last)
+        slot = 0
+        for layer, halved in zip(chosen, halves):
+            if halved:
+                layer_blocks.install(layer, layout, _LayerCheckpoint(off, slot), _LayerCheckpoint(off, slot + 1))
+            else:
+                layer._gradient_checkpointing_func = _LayerCheckpoint(off, slot)
+            slot += 1 + halved
         _OFFLOADERS[base] = off
-    return len(layers)
+    return n
 
 
 def offloader(model) -> Offloader | None:

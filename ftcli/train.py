@@ -17,6 +17,7 @@ import torch
 
 from ftcli import chat, checkpointing, checkpoints, data, distributed, guards, memory, models, rundir
 from ftcli.errors import BadInput, TrainingFailed
+from ftcli.hf_compat import enable_checkpointing
 from ftcli.recipe import Recipe, to_yaml
 
 
@@ -337,7 +338,7 @@ def continue_adapter(model, path: str, gradient_checkpointing: bool):
         raise BadInput(f"model.adapter {path!r}: no adapter_config.json there",
                        hint="point it at the adapter/ folder of a finished LoRA run, e.g. runs/sft-.../adapter")
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
         model.config.use_cache = False
     if getattr(model, "is_loaded_in_4bit", False):
         from peft import prepare_model_for_kbit_training

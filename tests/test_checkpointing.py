@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -51,6 +52,30 @@ def test_offloaded_recompute_estimates_less_than_plain_recompute():
     off = memory.estimate(LLAMA_8B, **KW, offload=True)
     saved = plain.activations - off.activations
     assert saved == pytest.approx(32 * 4 * 2048 * 4096 * 2)  # 32 layer inputs of 8192 tokens in bf16: 2 GiB
+
+
+def test_lean_splits_attention_and_mlp_where_the_layout_is_known():
+    from transformers import AutoConfig, MixtralConfig
+
+    from ftcli.builtin import builtin_path
+
+    qwen3 = memory.Shape.from_config(AutoConfig.from_pretrained(builtin_path("builtin:tiny-qwen3")))
+    assert qwen3.splits_blocks and not memory.Shape.from_config(MixtralConfig()).splits_blocks
+    split_8b = dataclasses.replace(LLAMA_8B, splits_blocks=True)
+    lean = checkpointing.plan(train(), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB)
+    assert lean.split and "attention and MLP recomputed separately" in lean.describe()
+    assert not checkpointing.plan(train(gc=True), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB).split
+    assert not checkpointing.plan(train(), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB).split
+
+
+def test_split_blocks_lower_the_recompute_peak_by_the_attention_blocks_activations():
+    whole = memory.estimate(LLAMA_8B, **KW, offload=True)
+    split = memory.estimate(dataclasses.replace(LLAMA_8B, splits_blocks=True), **KW, offload=True)
+    tokens, h, q, kv = 4 * 2048, 4096, 4096, 1024
+    attention_block = tokens * 2 * (2 * h + 3 * q + 2 * kv)  # norm in/out, q, attention out and its copy, k, v
+    assert whole.working - split.working == pytest.approx(attention_block)  # ~0.34 GiB
+    kept = memory.estimate(dataclasses.replace(LLAMA_8B, splits_blocks=True), **KW)
+    assert kept.working == memory.estimate(LLAMA_8B, **KW).working  # no offload, no split
 
 
 def _tiny_model():

@@ -271,10 +271,13 @@ def test_offloaded_checkpointing_on_gpu_matches_and_saves_memory():
     plain, plain_peak, _ = run(None)
     kept, kept_peak, _ = run(checkpointing.Plan(6, 6, False, "test"))
     offl, offl_peak, off = run(checkpointing.Plan(6, 6, True, "test"))
+    split, split_peak, split_off = run(checkpointing.Plan(6, 6, True, "test", split=True))
     assert off is not None and off.offloaded >= 5  # every layer but the last sent its input to the host
-    for name, g in plain.items():
-        err = ((offl[name] - g).norm() / g.norm().clamp_min(1e-12)).item()
-        assert err < 2e-2, (name, err)
+    assert split_off.offloaded >= 11  # both blocks' inputs of every layer, but the very last block's
+    for grads in (offl, split):
+        for name, g in plain.items():
+            err = ((grads[name] - g).norm() / g.norm().clamp_min(1e-12)).item()
+            assert err < 2e-2, (name, err)
     print(f"activation peak: none {plain_peak / 2**20:.0f} MiB, recompute {kept_peak / 2**20:.0f} MiB, "
-          f"recompute+offload {offl_peak / 2**20:.0f} MiB")
-    assert offl_peak < kept_peak < plain_peak
+          f"recompute+offload {offl_peak / 2**20:.0f} MiB, split blocks {split_peak / 2**20:.0f} MiB")
+    assert split_peak < offl_peak < kept_peak < plain_peak

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ftcli.hf_compat import checkpointing_args
 from ftcli.recipe import Recipe
 
 
@@ -24,8 +25,7 @@ def trainer_kwargs(recipe: Recipe, checkpoints_dir: str, precision: dict, has_ev
         optim=t.optim,
         # models.add_lora switches checkpointing on before PEFT wraps the model; TRL must not do it again,
         # but when it toggles checkpointing around generation it re-enables it with these arguments.
-        gradient_checkpointing=False,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **checkpointing_args(False),
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,

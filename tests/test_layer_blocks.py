@@ -1,0 +1,118 @@
+"""ftcli.layer_blocks: recomputing a layer as attention and MLP blocks gives the whole layer's gradients.
+
+Per builtin architecture (float64, LoRA on every linear layer, offloaded to host buffers on the CPU): the
+split recompute must match no checkpointing to rounding, and in backward each layer's MLP block must be
+recomputed before its attention block (that order is what keeps only one block's activations alive).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+from ftcli import layer_blocks, offload, patch  # noqa: E402
+from ftcli.builtin import builtin_path  # noqa: E402
+
+ARCHS = ["tiny-llama3", "tiny-gemma3", "tiny-qwen3", "tiny-phi3", "tiny-mistral", "qwen2"]
+
+
+def _model(name: str, patched: bool = False):
+    torch.manual_seed(0)
+    if name == "qwen2":  # no builtin: Qwen2's q/k/v biases
+        config = Qwen2Config(hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=300)
+        model = Qwen2ForCausalLM(config)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(builtin_path(f"builtin:{name}"), dtype=torch.float32)
+    model = model.double()
+    if name == "tiny-phi3":
+        model.config.resid_pdrop = 0.0
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                             init_lora_weights=False))
+    if patched:
+        patch.apply(model, impl="reference")
+    return model.train()
+
+
+def _grads(model):
+    ids = torch.randint(0, 250, (2, 13), generator=torch.Generator().manual_seed(1))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad(set_to_none=True)
+    return loss.detach(), grads
+
+
+def _assert_same(a, b, tol=1e-10):
+    (loss_a, grads_a), (loss_b, grads_b) = a, b
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=tol)
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=tol, atol=tol, msg=name)
+
+
+def _split(model):
+    return offload.enable(model, offload=True, split=True, min_bytes=0, keep_last=False)
+
+
+@pytest.mark.parametrize("patched", [False, True], ids=["hf", "ftcli-patched"])
+@pytest.mark.parametrize("name", ARCHS)
+def test_split_recompute_matches_no_checkpointing(name, patched):
+    reference = _grads(_model(name, patched))
+    model = _model(name, patched)
+    layers = _split(model)
+    decoder = [m for m in model.modules() if hasattr(m, "self_attn") and hasattr(m, "mlp")]
+    assert len(decoder) == layers and all(layer_blocks.is_split(layer) for layer in decoder)
+    got = _grads(model)
+    assert offload.offloader(model).offloaded == 2 * layers  # both blocks' inputs went through host buffers
+    _assert_same(reference, got)
+
+
+def test_a_wrong_layout_is_caught(monkeypatch):
+    """The control: Gemma read as a pre-norm layer (its post-attention norm applied as the MLP's input norm)."""
+    reference = _grads(_model("tiny-gemma3"))
+    monkeypatch.setitem(layer_blocks.LAYOUTS, "gemma3_text", layer_blocks.LAYOUTS["llama"])
+    model = _model("tiny-gemma3")
+    _split(model)
+    with pytest.raises(AssertionError):
+        _assert_same(reference, _grads(model))
+
+
+def test_backward_recomputes_the_mlp_block_before_the_attention_block():
+    model = _model("tiny-llama3")
+    _split(model)
+    order = []
+    for i, layer in enumerate(m for m in model.modules() if layer_blocks.is_split(m)):
+        for part in ("self_attn", "mlp"):
+            getattr(layer, part).register_forward_hook(
+                lambda *_, tag=(i, part): order.append(tag) if torch.is_grad_enabled() else None)
+    _grads(model)
+    assert order == [(i, part) for i in (3, 2, 1, 0) for part in ("mlp", "self_attn")]
+
+
+def test_eval_and_no_grad_run_the_whole_layer_and_enable_again_undoes_the_split():
+    model = _model("tiny-llama3")
+    _split(model)
+    ids = torch.randint(0, 250, (1, 9))
+    with torch.no_grad():
+        split_logits = model(input_ids=ids).logits
+    assert offload.offloader(model).offloaded == 0
+    offload.enable(model, offload=False)
+    assert not any(layer_blocks.is_split(m) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, split_logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="need offload"):
+        offload.enable(model, offload=False, split=True)
+
+
+def test_layers_without_the_layout_are_checkpointed_whole():
+    vision_like = torch.nn.Module()
+    vision_like.self_attn, vision_like.mlp, vision_like.layer_norm1 = (torch.nn.Identity(),) * 3
+    layout = layer_blocks.LAYOUTS["llama"]
+    assert not layer_blocks.fits(vision_like, layout)
+    decoder = _model("tiny-llama3").get_base_model().model.layers[0]
+    assert layer_blocks.fits(decoder, layout)
