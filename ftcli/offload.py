@@ -164,12 +164,15 @@ class Offloader:
         else:
             x, event = self._copy_in(host, device)
         cur.wait_event(event)
-        # Backward runs the layers in reverse: start bringing the previous layer's input in now, so that
-        # its copy overlaps this layer's recompute and backward instead of stalling the next one.
-        previous = self._latest.get(slot - 1)
-        if previous is not None and slot - 1 not in self._prefetched:
-            self._prefetched[slot - 1] = (*previous, *self._copy_in(previous[0], device))
+        self.prefetch_before(slot, device)
         return x
+
+    def prefetch_before(self, slot: int, device: torch.device) -> None:
+        """Backward runs the slots in reverse: start bringing the previous slot's input in now, so that its
+        copy overlaps this slot's recompute and backward instead of stalling the next one."""
+        previous = self._latest.get(slot - 1)
+        if device.type == "cuda" and previous is not None and slot - 1 not in self._prefetched:
+            self._prefetched[slot - 1] = (*previous, *self._copy_in(previous[0], device))
 
     def _copy_in(self, host: torch.Tensor, device: torch.device):
         """Start an async host-to-GPU copy on the side stream; returns (GPU tensor, event when done)."""
@@ -246,6 +249,8 @@ class _OffloadedCheckpoint(torch.autograd.Function):
                 inputs.append(x.requires_grad_(ctx.x_requires_grad))
             elif is_tensor:
                 t = next(saved)
+                if i == 0:  # kept on the GPU (the last slot, or small): still start the previous slot's copy
+                    ctx.off.prefetch_before(ctx.slot, t.device)
                 inputs.append(t.detach().requires_grad_(t.requires_grad))
             else:
                 inputs.append(a)

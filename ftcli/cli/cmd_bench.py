@@ -77,7 +77,7 @@ def bench_cmd(
                 shape_results.append(r)
                 base = next((x for x in shape_results if x.mode == "hf" and x.ok), None)
                 speedup = f"{r.tokens_per_second / base.tokens_per_second:.2f}x" if base and r.ok else "-"
-                line = (f"{shape:<12} {m:<8} tok/s {r.tokens_per_second:>9,.0f} ({speedup:>5})  peak {r.peak_gib:6.1f} GiB  "
+                line = (f"{shape:<12} {m:<8} tok/s {r.tokens_per_second:>9,.0f} ({speedup:>5})  peak {r.peak_gib:6.2f} GiB  "
                         f"MFU {r.mfu:5.1%}  loss {r.first_loss:.5f}  grad-norm {r.first_grad_norm:.5f}  "
                         f"trainable {r.trainable_params:,}"
                         + (f"  [{r.checkpointing}]" if r.mode.startswith("ftcli") else "")) if r.ok else f"{shape:<12} {m:<8} failed: {r.error}"
