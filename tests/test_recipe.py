@@ -126,7 +126,7 @@ def test_every_recipe_key_is_documented():
     docs = (REPO / "docs" / "recipes.md").read_text()
     for section_name, field in recipe.Recipe.model_fields.items():
         assert f"`{section_name}`" in docs, section_name
-        section = recipe._section_class(recipe.Recipe, section_name)
+        section = recipe.section_class(recipe.Recipe, section_name)
         for key in (section.model_fields if section else {}):
             assert f"`{key}`" in docs, f"{section_name}.{key} is not in docs/recipes.md"
 

@@ -185,7 +185,7 @@ def max_length(s: Subject):
     mml, positions = s.model_max_length, s.max_positions
     hits = []
     if mml is not None and mml >= SENTINEL_LENGTH:
-        hits.append(Hit(f"model_max_length is the 1e30 'no limit' sentinel: the tokenizer never truncates"
+        hits.append(Hit("model_max_length is the 1e30 'no limit' sentinel: the tokenizer never truncates"
                         + (f"; the model supports {positions} positions" if positions else ""),
                         fixable=positions is not None, data={"value": positions}))
     elif mml is not None and positions and mml < positions:

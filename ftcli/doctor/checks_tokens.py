@@ -287,7 +287,7 @@ def post_processor_stale(s: Subject):
                 real = s.id_of(token)
                 if real != i or (rows is not None and i >= rows):
                     why = (f"is {real} in the vocabulary" if real is not None and real != i
-                           else f"is not in the vocabulary" if real is None else f"is past the {rows} embedding rows")
+                           else "is not in the vocabulary" if real is None else f"is past the {rows} embedding rows")
                     hits.append(Hit(f"the post-processor adds {token!r} as id {i}, but {token!r} {why}",
                                     fixable=real is not None and (rows is None or real < rows)))
     return hits
