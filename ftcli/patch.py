@@ -14,9 +14,9 @@ What is replaced (per module instance, by binding a new `forward` on the instanc
                    dropout 0, no DoRA/variant, no LoRA bias; others keep PEFT's forward. Checked again at
                    each call: disabled/merged adapters, mixed-adapter batches fall back to PEFT.
   fused_linear_ce  the causal-LM forward (ftcli/causal_lm_head.py): with labels in training, loss =
-                   fused lm_head + CE honouring `num_items_in_batch`; with `fused_lm_head=True` (TRL >= 1.16's protocol), per-token
-                   log-probs/entropy/accuracy from our chunked op. Otherwise (generation, eval, no labels)
-                   the model's own forward runs unchanged.
+                   fused lm_head + CE honouring `num_items_in_batch`; with `fused_lm_head=True` (TRL >= 1.16's
+                   protocol), per-token log-probs/entropy/accuracy from our chunked op. Otherwise (generation,
+                   eval, no labels) the model's own forward runs unchanged.
 
 TRL's trainers install their own fused LM head (`add_fused_lm_head`) on the instance when they are
 built. If `apply` finds it, it takes that call path over (same outputs, same temperature) unless
