@@ -116,3 +116,23 @@ def test_layers_without_the_layout_are_checkpointed_whole():
     assert not layer_blocks.fits(vision_like, layout)
     decoder = _model("tiny-llama3").get_base_model().model.layers[0]
     assert layer_blocks.fits(decoder, layout)
+
+
+def test_split_recompute_with_the_triton_kernels(monkeypatch):
+    """The training path on a GPU, interpreted: Triton norm/RoPE/fused LoRA MLP inside the two blocks."""
+    from test_kernels_util import launched
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+    def model():
+        m = _model("tiny-llama3").float()
+        assert patch.apply(m, "auto").impl == "triton"
+        return m
+
+    reference = _grads(model())
+    split = model()
+    _split(split)
+    with launched("rms_norm_fwd", "rope_qk", "lora_mlp", "lora_linear"):
+        got = _grads(split)
+    assert offload.offloader(split).offloaded == 2 * 4
+    _assert_same(reference, got, tol=1e-5)
