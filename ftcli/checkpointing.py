@@ -36,14 +36,18 @@ class Plan:
                 "split_blocks": self.split, "reason": self.reason}
 
 
-def plan(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float) -> Plan:
-    """The plan for a recipe's train section on a model of `shape` (memory.Shape)."""
-    decided = _decide(train, shape, estimate_kwargs, on_gpu=on_gpu, gpu_bytes=gpu_bytes)
-    decided.split = decided.offload and shape.splits_blocks
+def plan(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float, sharded: bool = False) -> Plan:
+    """The plan for a recipe's train section on a model of `shape` (memory.Shape).
+
+    `sharded` (FSDP): layers recompute whole. FSDP reshards a layer's weights once their gradients
+    have arrived, which with two blocks would happen between the MLP's backward and the attention's."""
+    split = shape.splits_blocks and not sharded
+    decided = _decide(train, shape, estimate_kwargs, on_gpu=on_gpu, gpu_bytes=gpu_bytes, split=split)
+    decided.split = decided.offload and split
     return decided
 
 
-def _decide(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float) -> Plan:
+def _decide(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float, split: bool) -> Plan:
     from ftcli import memory
 
     layers, choice = shape.layers, train.gradient_checkpointing
@@ -59,7 +63,8 @@ def _decide(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: flo
         return Plan(layers, layers, True, "memory: lean")
     budget = train.memory_budget_gib * memory.GiB if train.memory_budget_gib else BUDGET_FRACTION * gpu_bytes
     for recomputed in range(layers + 1):  # fewest recomputed layers whose estimate fits
-        if memory.estimate(shape, **estimate_kwargs, recomputed_layers=recomputed, offload=True).total <= budget:
+        if memory.estimate(shape, **estimate_kwargs, recomputed_layers=recomputed, offload=True,
+                           split=split).total <= budget:
             break
     return Plan(layers, recomputed, recomputed > 0, f"memory: fast within {budget / memory.GiB:.1f} GiB")
 
@@ -84,8 +89,8 @@ def decoder_layers(model) -> list:
 
 def plan_for(recipe, config) -> Plan:
     """The plan for a recipe on this machine (the GPU memory free for the run decides `fast`)."""
-    from ftcli import memory
+    from ftcli import distributed, memory
 
     gpu_bytes = memory.gpu_bytes_for_run()
     return plan(recipe.train, memory.Shape.from_config(config), memory.recipe_kwargs(recipe),
-                on_gpu=gpu_bytes is not None, gpu_bytes=gpu_bytes or 0)
+                sharded=distributed.is_sharded(recipe), on_gpu=gpu_bytes is not None, gpu_bytes=gpu_bytes or 0)

@@ -26,6 +26,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def is_sharded(recipe) -> bool:
+    """FSDP across several processes: each holds a shard of the weights."""
+    return recipe.train.distributed == "fsdp" and world_size() > 1
+
+
 def is_main() -> bool:
     return rank() == 0
 

@@ -135,9 +135,11 @@ def recompute_peak_bytes(shape: Shape, tokens: int, dtype_bytes: int, fused_kern
 
 def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_in_4bit: bool = False,
              lora_r: int | None = 16, lora_targets="all-linear", gradient_checkpointing: bool = True,
-             recomputed_layers: int | None = None, offload: bool = False, fused_kernels: bool = False) -> Estimate:
+             recomputed_layers: int | None = None, offload: bool = False, split: bool = False,
+             fused_kernels: bool = False) -> Estimate:
     """`recomputed_layers` (default: all when gradient_checkpointing, else none) recompute in backward;
-    with `offload` their saved inputs live in CPU memory."""
+    with `offload` their saved inputs live in CPU memory, and with `split` too, they recompute as an
+    attention and an MLP block (where `shape.splits_blocks`)."""
     tokens = batch * seq
     layer_weights = shape.layers * shape.layer_params()
     embed = shape.embedding_params()
@@ -167,7 +169,7 @@ def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_i
     else:  # transformers materialises the logits, their fp32 upcast and its gradient
         loss_head = tokens * shape.vocab * (dtype_bytes + 8)
     # Backward runs the kept (last) layers first and frees them, so a recomputed layer never coexists with them.
-    split = offload and shape.splits_blocks
+    split = split and offload and shape.splits_blocks
     recompute = recompute_peak_bytes(shape, tokens, dtype_bytes, fused_kernels, split) - kept if recomputed else 0
     working = max(loss_head, transient if kept else 0, recompute)
     return Estimate(weights=weights, trainable_state=state, activations=kept + saved_inputs, working=working,
@@ -176,12 +178,13 @@ def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_i
 
 def for_recipe(recipe, config, gpu_bytes: float | None = None) -> Estimate:
     """The estimate for a validated recipe and its model's config, on a GPU of `gpu_bytes` (None: 80 GiB)."""
-    from ftcli import checkpointing
+    from ftcli import checkpointing, distributed
 
     shape = Shape.from_config(config)
     kwargs = recipe_kwargs(recipe)
-    plan = checkpointing.plan(recipe.train, shape, kwargs, on_gpu=True, gpu_bytes=gpu_bytes or 80 * GiB)
-    return estimate(shape, **kwargs, recomputed_layers=plan.recomputed, offload=plan.offload)
+    plan = checkpointing.plan(recipe.train, shape, kwargs, on_gpu=True, gpu_bytes=gpu_bytes or 80 * GiB,
+                              sharded=distributed.is_sharded(recipe))
+    return estimate(shape, **kwargs, recomputed_layers=plan.recomputed, offload=plan.offload, split=plan.split)
 
 
 def recipe_kwargs(recipe) -> dict:

@@ -189,7 +189,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resum
         stage.finish(trainer)
     result.metrics = rundir.read_metrics(metrics_path)
     losses = [m["loss"] for m in result.metrics if "loss" in m]
-    sharded = recipe.train.distributed == "fsdp" and distributed.world_size() > 1
+    sharded = distributed.is_sharded(recipe)
     full_state = distributed.full_state_dict(trainer, sharded)
     if not main:
         result.seconds = time.time() - started
@@ -285,7 +285,7 @@ def apply_kernels(recipe: Recipe, model, log) -> dict:
     from ftcli import patch
 
     ops = recipe.train.kernels
-    sharded = recipe.train.distributed == "fsdp" and distributed.world_size() > 1
+    sharded = distributed.is_sharded(recipe)
     if (recipe.train.stage != "sft" or sharded) and ops not in (False, None):
         # DPO and GRPO score tokens through their own log-prob hook (stages/logprobs.py). Under FSDP the
         # fused loss would read lm_head's weight outside lm_head's forward, where FSDP gathers it.

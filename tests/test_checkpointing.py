@@ -66,16 +66,19 @@ def test_lean_splits_attention_and_mlp_where_the_layout_is_known():
     assert lean.split and "attention and MLP recomputed separately" in lean.describe()
     assert not checkpointing.plan(train(gc=True), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB).split
     assert not checkpointing.plan(train(), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB).split
+    fsdp = checkpointing.plan(train(), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB, sharded=True)
+    assert fsdp.offload and not fsdp.split  # FSDP reshards between the two blocks' backwards
 
 
 def test_split_blocks_lower_the_recompute_peak_by_the_attention_blocks_activations():
     whole = memory.estimate(LLAMA_8B, **KW, offload=True)
-    split = memory.estimate(dataclasses.replace(LLAMA_8B, splits_blocks=True), **KW, offload=True)
+    split = memory.estimate(dataclasses.replace(LLAMA_8B, splits_blocks=True), **KW, offload=True, split=True)
     tokens, h, q, kv = 4 * 2048, 4096, 4096, 1024
     attention_block = tokens * 2 * (2 * h + 3 * q + 2 * kv)  # norm in/out, q, attention out and its copy, k, v
     assert whole.working - split.working == pytest.approx(attention_block)  # ~0.34 GiB
-    kept = memory.estimate(dataclasses.replace(LLAMA_8B, splits_blocks=True), **KW)
+    kept = memory.estimate(dataclasses.replace(LLAMA_8B, splits_blocks=True), **KW, split=True)
     assert kept.working == memory.estimate(LLAMA_8B, **KW).working  # no offload, no split
+    assert memory.estimate(LLAMA_8B, **KW, offload=True, split=True).working == whole.working  # unknown layout
 
 
 def _tiny_model():
