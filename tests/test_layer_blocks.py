@@ -136,3 +136,17 @@ def test_split_recompute_with_the_triton_kernels(monkeypatch):
         got = _grads(split)
     assert offload.offloader(split).offloaded == 2 * 4
     _assert_same(reference, got, tol=1e-5)
+
+
+def test_fast_plan_splits_only_the_recomputed_layers():
+    """`fast` on a GPU: the first layers recompute (split, offloaded), the last ones keep their activations."""
+    from ftcli import checkpointing
+
+    reference = _grads(_model("tiny-qwen3"))
+    model = _model("tiny-qwen3")
+    plan = checkpointing.Plan(layers=4, recomputed=2, offload=True, reason="test", split=True)
+    assert checkpointing.apply(model, plan) == 2
+    layers = checkpointing.decoder_layers(model)
+    assert [layer_blocks.is_split(m) for m in layers] == [True, True, False, False]
+    assert not any(m.gradient_checkpointing for m in layers)  # the split layers checkpoint themselves
+    _assert_same(reference, _grads(model))
