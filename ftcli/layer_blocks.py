@@ -4,10 +4,10 @@ A layer checkpointed whole recomputes all its activations before the backward of
 the attention's saved tensors (norm output, q/k/v, attention output) sit in memory through the MLP's
 backward, where the peak is. Checkpointing the two halves separately keeps the hidden state between
 them as a second checkpoint (offloaded to the host like the first, so it costs no GPU memory), and only
-one half's activations exist at a time: 0.35 GiB less at the peak on the Llama-3.1-8B shape at 8192
-tokens, 0.42 GiB on Qwen3-8B (ftcli/memory.py prices both).
+one half's activations exist at a time (ftcli/memory.py prices both; docs/speed.md has the figures).
 
 Each half is "norm, sublayer, (norm), residual add", so its gradient is the same as the whole layer's.
+The MLP half treats every token on its own, so ftcli/offload.py may also recompute it in token chunks.
 Only the families whose layer forward we know are split (the `model_type`s in LAYOUTS); any other
 layer is checkpointed whole.
 """
@@ -43,6 +43,12 @@ def layout_for(config) -> Layout | None:
 def fits(layer, layout: Layout) -> bool:
     """Whether `layer` has the layout's modules (a vision tower's layers, say, do not)."""
     return all(hasattr(layer, name) for name in (layout.attention_in, "self_attn", layout.mlp_in, "mlp"))
+
+
+def mlp_block_modules(layer, layout: Layout) -> list:
+    """The modules of the MLP block, which treats every token on its own (so it may recompute in chunks)."""
+    names = (layout.mlp_in, "mlp", *layout.mlp_out)
+    return [getattr(layer, name) for name in names if getattr(layer, name, None) is not None]
 
 
 def _run(layer, names, x):

@@ -1,20 +1,22 @@
 """Pre-flight estimate of peak GPU memory for a recipe, from the model config alone.
 
 peak ≈ weights + trainable state (LoRA or full weights: parameter, gradient, two Adam
-moments) + activations (all layers, or one checkpoint per layer plus one layer being
-recomputed) + the loss head + a fixed CUDA workspace. The activation coefficients are
+moments) + activations (all layers, or one checkpoint per layer plus one layer, or one
+block of a split layer, being recomputed) + the loss head + a fixed CUDA workspace. The activation coefficients are
 counts of the tensors a Hugging Face decoder layer saves for backward; docs/memory.md
 records how close the estimate came to measured peaks on an H200.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 GiB = 1024**3
 WORKSPACE_BYTES = 0.5 * GiB      # cuBLAS workspace and allocator slack (the CUDA context is not counted)
 NF4_BYTES_PER_PARAM = 0.5 + 0.03  # 4-bit values, plus double-quantised absmax per 64-block
 LOSS_CHUNK_BYTES = 256 * 2**20   # logits of one chunk of the fused loss (kernels/fused_linear_ce.CHUNK_BYTES)
+MIN_CHUNK_ROWS = 1024            # a token chunk of a split MLP block's recompute has at least this many tokens
 
 
 @dataclass
@@ -120,17 +122,36 @@ def activation_bytes_per_token_block(shape: Shape, dtype_bytes: int, fused_kerne
             dtype_bytes * (2 * h + 4 * i + sandwich) + norm_fp32)
 
 
-def recompute_peak_bytes(shape: Shape, tokens: int, dtype_bytes: int, fused_kernels: bool, split: bool) -> float:
-    """Memory of one recomputed layer during its backward: its activations plus the backward's temporaries
-    (the MLP's gate/up gradients and its input gradient; attention's q/k/v and output gradients). Split into
-    two blocks, only one block's activations exist at a time."""
+def block_backward_bytes_per_token(shape: Shape, dtype_bytes: int, fused_kernels: bool) -> tuple:
+    """(attention, MLP): each block's activations plus its backward's temporaries, per token (the MLP's
+    gate/up gradients and its input gradient; attention's q/k/v and output gradients)."""
     attention, mlp = activation_bytes_per_token_block(shape, dtype_bytes, fused_kernels)
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
-    mlp_temporaries = (2 * shape.intermediate + shape.hidden) * dtype_bytes
-    attention_temporaries = (2 * q + 2 * kv + shape.hidden) * dtype_bytes
+    return (attention + (2 * q + 2 * kv + shape.hidden) * dtype_bytes,
+            mlp + (2 * shape.intermediate + shape.hidden) * dtype_bytes)
+
+
+def mlp_chunks_wanted(shape: Shape) -> int:
+    """How many token chunks a split layer's MLP block should recompute in to stay under the attention
+    block's peak."""
+    attention, mlp = block_backward_bytes_per_token(shape, 2, fused_kernels=True)
+    return max(1, math.ceil(mlp / attention))
+
+
+def token_chunks(wanted: int, rows: int, min_rows: int | None = None) -> int:
+    """`wanted` chunks of `rows` tokens, as long as each keeps `min_rows` (default MIN_CHUNK_ROWS: smaller
+    GEMMs lose efficiency)."""
+    return max(1, min(wanted, rows // max(1, min_rows or MIN_CHUNK_ROWS)))
+
+
+def recompute_peak_bytes(shape: Shape, tokens: int, dtype_bytes: int, fused_kernels: bool, split: bool) -> float:
+    """Memory of one recomputed layer during its backward. Split into two blocks, only one block's
+    activations exist at a time, and the MLP block's only one token chunk's."""
+    attention, mlp = block_backward_bytes_per_token(shape, dtype_bytes, fused_kernels)
     if split:
-        return tokens * max(attention + attention_temporaries, mlp + mlp_temporaries)
-    return tokens * (attention + mlp + mlp_temporaries)
+        return tokens * max(attention, mlp / token_chunks(mlp_chunks_wanted(shape), tokens))
+    # whole: the attention's activations wait through the MLP's backward (its temporaries come later)
+    return tokens * (activation_bytes_per_token_block(shape, dtype_bytes, fused_kernels)[0] + mlp)
 
 
 def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_in_4bit: bool = False,

@@ -10,6 +10,9 @@ transformers' `GradientCheckpointingLayer` calls `layer._gradient_checkpointing_
 grad enabled). `enable()` swaps that function for `_LayerCheckpoint`, a reentrant-style checkpoint: the
 forward runs under no_grad, the backward reruns the layer with grad and calls `torch.autograd.backward`.
 
+With split blocks (ftcli/layer_blocks.py) a layer has two slots, its input and the hidden state between
+attention and MLP, and the MLP block's backward may run in token chunks (`Tokenwise`).
+
 Only the first positional argument (hidden_states) is offloaded. Keyword arguments are bound in the partial
 and kept by reference (cos/sin and masks are shared by all layers, so copying them would free nothing).
 
@@ -27,11 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from dataclasses import dataclass
 
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ftcli import layer_blocks
+from ftcli import layer_blocks, memory
 from ftcli.hf_compat import enable_checkpointing
 
 MIN_BYTES = 1 << 20  # smaller inputs stay where they are: a copy's fixed cost exceeds what it frees
@@ -40,10 +44,11 @@ _OFFLOADERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base mod
 
 
 def enable(model, offload: bool, *, layers: int | None = None, split: bool = False, min_bytes: int = MIN_BYTES,
-           keep_last: bool = True) -> int:
+           keep_last: bool = True, min_chunk_rows: int | None = None) -> int:
     """Checkpoint the first `layers` decoder layers (default: all), non-reentrant; with `offload`, through
     `_LayerCheckpoint`, and with `split` too, each layer as an attention and an MLP block (ftcli/layer_blocks.py)
-    where the architecture's layout is known.
+    where the architecture's layout is known. A split MLP block recomputes in token chunks (of at least
+    `min_chunk_rows` tokens, default memory.MIN_CHUNK_ROWS) when that keeps it under the attention block's peak.
 
     `model` may be a peft PeftModel. Returns the number of checkpointed layers. Calling it again replaces the
     earlier setting (and the earlier host buffers).
@@ -64,16 +69,27 @@ def enable(model, offload: bool, *, layers: int | None = None, split: bool = Fal
     if offload:
         layout = layer_blocks.layout_for(base.config) if split else None
         halves = [layout is not None and layer_blocks.fits(layer, layout) for layer in chosen]
+        chunks = memory.mlp_chunks_wanted(memory.Shape.from_config(base.config)) if any(halves) else 1
         off = Offloader(n + sum(halves), min_bytes=min_bytes, keep_last=keep_last)
         slot = 0
         for layer, halved in zip(chosen, halves):
             if halved:
-                layer_blocks.install(layer, layout, _LayerCheckpoint(off, slot), _LayerCheckpoint(off, slot + 1))
+                tokenwise = _tokenwise(layer_blocks.mlp_block_modules(layer, layout), chunks, min_chunk_rows)
+                layer_blocks.install(layer, layout, _LayerCheckpoint(off, slot),
+                                     _LayerCheckpoint(off, slot + 1, tokenwise))
             else:
                 layer._gradient_checkpointing_func = _LayerCheckpoint(off, slot)
             slot += 1 + halved
         _OFFLOADERS[base] = off
     return n
+
+
+def _tokenwise(modules: list, chunks: int, min_rows: int) -> "Tokenwise | None":
+    """Chunked recompute for a token-wise block, unless it has active dropout (chunks would draw other masks)."""
+    dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for module in modules for m in module.modules())
+    if chunks <= 1 or dropout:
+        return None
+    return Tokenwise(chunks, [p for module in modules for p in module.parameters()], min_rows)
 
 
 def offloader(model) -> Offloader | None:
@@ -217,9 +233,11 @@ def _autocast_state(device_type: str) -> list[tuple[str, dict]]:
 class _OffloadedCheckpoint(torch.autograd.Function):
     # `_grad_anchor` requires grad so that this node is always recorded: otherwise a layer whose inputs do not
     # require grad (no enable_input_require_grads) would silently give its LoRA weights no gradient.
+    # `tokenwise` (a Tokenwise, or None): the function treats each token on its own, so the backward may
+    # recompute it one token chunk at a time.
     @staticmethod
-    def forward(ctx, off: Offloader, slot: int, function, _grad_anchor, *args):
-        ctx.off, ctx.slot, ctx.function = off, slot, function
+    def forward(ctx, off: Offloader, slot: int, function, tokenwise, _grad_anchor, *args):
+        ctx.off, ctx.slot, ctx.function, ctx.tokenwise = off, slot, function, tokenwise
         device_type = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
         ctx.autocast = _autocast_state(device_type)
         ctx.rng = _RngState(args)
@@ -254,9 +272,9 @@ class _OffloadedCheckpoint(torch.autograd.Function):
                 inputs.append(t.detach().requires_grad_(t.requires_grad))
             else:
                 inputs.append(a)
-        with ctx.rng.restored(), torch.enable_grad(), contextlib.ExitStack() as stack:
-            for device_type, kwargs in ctx.autocast:
-                stack.enter_context(torch.autocast(device_type, **kwargs))
+        if ctx.tokenwise is not None and len(inputs) == 1 and grad_outputs[0] is not None:
+            return (None,) * 5 + (_tokenwise_backward(ctx, inputs[0], grad_outputs[0]),)
+        with _replay(ctx):
             outputs = ctx.function(*inputs)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         pairs = [(o, g) for o, g in zip(outputs, grad_outputs)
@@ -264,17 +282,64 @@ class _OffloadedCheckpoint(torch.autograd.Function):
         if pairs:
             torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         grads = tuple(a.grad if isinstance(a, torch.Tensor) and a.requires_grad else None for a in inputs)
-        return (None, None, None, None) + grads
+        return (None,) * 5 + grads
+
+
+@contextlib.contextmanager
+def _replay(ctx):
+    """The forward's RNG state and autocast settings, with grad on: the recompute sees what the forward saw."""
+    with ctx.rng.restored(), torch.enable_grad(), contextlib.ExitStack() as stack:
+        for device_type, kwargs in ctx.autocast:
+            stack.enter_context(torch.autocast(device_type, **kwargs))
+        yield
+
+
+@dataclass
+class Tokenwise:
+    """A block that treats each token on its own (norm, MLP, residual add), recomputed in `chunks` token chunks.
+
+    `params`: its trainable parameters. Their gradients are summed over the chunks and handed to autograd once,
+    as one whole backward would, so DDP's per-parameter hooks fire once per step.
+    """
+
+    chunks: int
+    params: list
+    min_rows: int | None = None  # memory.MIN_CHUNK_ROWS
+
+
+def _tokenwise_backward(ctx, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Recompute and backpropagate `ctx.function` chunk by chunk along the token dimension (-2); returns dx."""
+    params = [p for p in ctx.tokenwise.params if p.requires_grad]
+    rows = x.numel() // max(1, x.shape[-1])
+    chunks = min(memory.token_chunks(ctx.tokenwise.chunks, rows, ctx.tokenwise.min_rows), x.shape[-2])
+    dx = torch.empty_like(x)
+    dparams: list = [None] * len(params)
+    start = 0
+    for piece, grad_piece in zip(x.detach().chunk(chunks, dim=-2), grad.chunk(chunks, dim=-2)):
+        piece = piece.requires_grad_(True)
+        with _replay(ctx):
+            out = ctx.function(piece)
+        got = torch.autograd.grad(out, [piece, *params], grad_piece, allow_unused=True)
+        dx.narrow(-2, start, piece.shape[-2]).copy_(got[0])
+        start += piece.shape[-2]
+        for i, g in enumerate(got[1:]):
+            if g is not None:
+                dparams[i] = g if dparams[i] is None else dparams[i].add_(g)
+        del out, got
+    pairs = [(p, g) for p, g in zip(params, dparams) if g is not None]
+    if pairs:
+        torch.autograd.backward([p for p, _ in pairs], [g for _, g in pairs])
+    return dx
 
 
 class _LayerCheckpoint:
     """A layer's `_gradient_checkpointing_func`: `(function, *args)`; other keyword arguments are ignored."""
 
-    def __init__(self, off: Offloader, slot: int):
-        self.off, self.slot = off, slot
+    def __init__(self, off: Offloader, slot: int, tokenwise: Tokenwise | None = None):
+        self.off, self.slot, self.tokenwise = off, slot, tokenwise
 
     def __call__(self, function, *args, **_ignored):
         if not torch.is_grad_enabled():  # transformers 5.17 comes here under no_grad too: nothing to save
             return function(*args)
         anchor = torch.empty(0, requires_grad=True)
-        return _OffloadedCheckpoint.apply(self.off, self.slot, function, anchor, *args)
+        return _OffloadedCheckpoint.apply(self.off, self.slot, function, self.tokenwise, anchor, *args)

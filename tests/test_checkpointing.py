@@ -70,12 +70,20 @@ def test_lean_splits_attention_and_mlp_where_the_layout_is_known():
     assert fsdp.offload and not fsdp.split  # FSDP reshards between the two blocks' backwards
 
 
-def test_split_blocks_lower_the_recompute_peak_by_the_attention_blocks_activations():
+def test_split_blocks_lower_the_recompute_peak_below_the_loss_head():
+    """Llama-3.1-8B at 8192 tokens, bf16, per token: attention block 2(2h+3q+2kv) activations + 2(2q+2kv+h)
+    gradients = 72 KiB; MLP block 2(2h+2i) + 2(2i+h) = 136 KiB, in two chunks 68 KiB; whole layer recompute
+    (attention's activations wait through the MLP's backward) 44 + 136 = 180 KiB. Split, the loss head
+    (final norm output and gradient, 1024 rows of logits and their gradient: 0.61 GiB) sets the peak."""
     whole = memory.estimate(LLAMA_8B, **KW, offload=True)
-    split = memory.estimate(dataclasses.replace(LLAMA_8B, splits_blocks=True), **KW, offload=True, split=True)
-    tokens, h, q, kv = 4 * 2048, 4096, 4096, 1024
-    attention_block = tokens * 2 * (2 * h + 3 * q + 2 * kv)  # norm in/out, q, attention out and its copy, k, v
-    assert whole.working - split.working == pytest.approx(attention_block)  # ~0.34 GiB
+    split_8b = dataclasses.replace(LLAMA_8B, splits_blocks=True)
+    split = memory.estimate(split_8b, **KW, offload=True, split=True)
+    tokens, h, q, kv, i, vocab = 4 * 2048, 4096, 4096, 1024, 14336, 128256
+    assert whole.working == pytest.approx(tokens * 2 * ((2 * h + 3 * q + 2 * kv) + (2 * h + 2 * i) + (2 * i + h)))
+    loss_head = 2 * tokens * h * 2 + 2 * 1024 * vocab * 2
+    assert split.working == pytest.approx(loss_head)  # 1.41 GiB -> 0.61 GiB
+    assert memory.token_chunks(memory.mlp_chunks_wanted(split_8b), tokens) == 2
+    assert memory.token_chunks(2, 1536) == 1  # chunks of fewer than 1024 tokens are not worth their GEMMs
     kept = memory.estimate(dataclasses.replace(LLAMA_8B, splits_blocks=True), **KW, split=True)
     assert kept.working == memory.estimate(LLAMA_8B, **KW).working  # no offload, no split
     assert memory.estimate(LLAMA_8B, **KW, offload=True, split=True).working == whole.working  # unknown layout

@@ -1,7 +1,8 @@
 """ftcli.layer_blocks: recomputing a layer as attention and MLP blocks gives the whole layer's gradients.
 
 Per builtin architecture (float64, LoRA on every linear layer, offloaded to host buffers on the CPU): the
-split recompute must match no checkpointing to rounding, and in backward each layer's MLP block must be
+split recompute, with the MLP block in token chunks where the shape asks for them (all builtins but
+tiny-qwen3 and qwen2), must match no checkpointing to rounding; in backward each layer's MLP block must be
 recomputed before its attention block (that order is what keeps only one block's activations alive).
 """
 
@@ -55,8 +56,10 @@ def _assert_same(a, b, tol=1e-10):
         torch.testing.assert_close(grads_b[name], grad, rtol=tol, atol=tol, msg=name)
 
 
-def _split(model):
-    return offload.enable(model, offload=True, split=True, min_bytes=0, keep_last=False)
+def _split(model, min_chunk_rows=1):
+    """Split and offload every layer; MLP blocks recompute in token chunks (of any size) where their shape asks."""
+    return offload.enable(model, offload=True, split=True, min_bytes=0, keep_last=False,
+                          min_chunk_rows=min_chunk_rows)
 
 
 @pytest.mark.parametrize("patched", [False, True], ids=["hf", "ftcli-patched"])
@@ -82,7 +85,7 @@ def test_a_wrong_layout_is_caught(monkeypatch):
         _assert_same(reference, _grads(model))
 
 
-def test_backward_recomputes_the_mlp_block_before_the_attention_block():
+def test_backward_recomputes_the_mlp_block_in_two_chunks_then_the_attention_block():
     model = _model("tiny-llama3")
     _split(model)
     order = []
@@ -91,7 +94,28 @@ def test_backward_recomputes_the_mlp_block_before_the_attention_block():
             getattr(layer, part).register_forward_hook(
                 lambda *_, tag=(i, part): order.append(tag) if torch.is_grad_enabled() else None)
     _grads(model)
-    assert order == [(i, part) for i in (3, 2, 1, 0) for part in ("mlp", "self_attn")]
+    assert order == [(i, part) for i in (3, 2, 1, 0) for part in ("mlp", "mlp", "self_attn")]
+
+
+def test_chunked_mlp_hands_each_gradient_to_autograd_once():
+    """DDP's hooks fire once per parameter per backward: the chunks' gradients must arrive summed."""
+    model = _model("tiny-llama3")
+    _split(model)
+    calls = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and ".mlp." in name:
+            p.register_post_accumulate_grad_hook(lambda _, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    _grads(model)
+    assert calls and set(calls.values()) == {1}, calls
+
+
+def test_active_dropout_keeps_the_mlp_block_whole():
+    """Chunks would draw other dropout masks than the forward did: Phi-3 with resid_pdrop > 0 is not chunked."""
+    model = _model("tiny-phi3")
+    model.get_base_model().model.layers[0].resid_mlp_dropout.p = 0.1
+    _split(model)
+    first, second = model.get_base_model().model.layers[:2]
+    assert first._ftcli_blocks[1].tokenwise is None and second._ftcli_blocks[1].tokenwise.chunks == 2
 
 
 def test_eval_and_no_grad_run_the_whole_layer_and_enable_again_undoes_the_split():
@@ -165,8 +189,10 @@ def _allocation_peak(fn) -> int:
     return peak
 
 
-def test_split_lowers_the_step_peak_by_what_the_estimator_says():
-    """Measured on the CPU allocator: a step's peak drops by one attention block's activations."""
+@pytest.mark.parametrize("chunk_rows", [None, 256], ids=["whole-mlp", "mlp-in-2-chunks"])
+def test_split_lowers_the_step_peak_by_what_the_estimator_says(chunk_rows, monkeypatch):
+    """Measured on the CPU allocator: a step's peak drops by one attention block's activations, and with the
+    MLP block in two chunks of 256 tokens, by half the MLP block's too."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ftcli import checkpointing, memory
@@ -180,6 +206,8 @@ def test_split_lowers_the_step_peak_by_what_the_estimator_says():
         model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=16, target_modules="all-linear"))
         patch.apply(model, impl="reference")
         checkpointing.apply(model, checkpointing.Plan(4, 4, True, "test", split=split))
+        if split:
+            offload.enable(model, offload=True, split=True, min_chunk_rows=chunk_rows)
         off = offload.offloader(model)
         off.min_bytes, off.keep_last = 0, False
         model.train()
@@ -187,6 +215,8 @@ def test_split_lowers_the_step_peak_by_what_the_estimator_says():
         return _allocation_peak(lambda: model(input_ids=ids, labels=ids).loss.backward())
 
     whole, split = step_peak(False), step_peak(True)
+    if chunk_rows:
+        monkeypatch.setattr(memory, "MIN_CHUNK_ROWS", chunk_rows)
     shape = memory.Shape.from_config(config)
     kw = dict(batch=2, seq=256, dtype_bytes=4, offload=True, fused_kernels=True)
     predicted = memory.estimate(shape, **kw).working - memory.estimate(shape, **kw, split=True).working
