@@ -161,11 +161,13 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, str]) -
     return problems
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), now: _dt.datetime | None = None) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                now: _dt.datetime | None = None) -> Recipe:
     """Read, override and validate a recipe; raise RecipeError listing every problem."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError([f"{path}: recipe file not found"], hint="pass the path of a .yaml recipe, e.g. recipes/quickstart.yaml")
+        raise RecipeError([f"{path}: recipe file not found"],
+                          hint="pass the path of a .yaml recipe, e.g. recipes/quickstart.yaml")
     source = str(path)
     data = _compose(path.read_text(encoding="utf-8"), source)
     if not isinstance(data, dict):
