@@ -308,14 +308,16 @@ class Tokenwise:
 
 
 def _tokenwise_backward(ctx, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Recompute and backpropagate `ctx.function` chunk by chunk along the token dimension (-2); returns dx."""
+    """Recompute and backpropagate `ctx.function` chunk by chunk over the tokens; returns dx."""
     params = [p for p in ctx.tokenwise.params if p.requires_grad]
-    rows = x.numel() // max(1, x.shape[-1])
-    chunks = min(memory.token_chunks(ctx.tokenwise.chunks, rows, ctx.tokenwise.min_rows), x.shape[-2])
+    shape = x.shape
+    # all tokens in one row, so that each chunk is contiguous whatever the batch size
+    x, grad = x.detach().reshape(1, -1, shape[-1]), grad.reshape(1, -1, shape[-1])
+    chunks = memory.token_chunks(ctx.tokenwise.chunks, x.shape[1], ctx.tokenwise.min_rows)
     dx = torch.empty_like(x)
     dparams: list = [None] * len(params)
     start = 0
-    for piece, grad_piece in zip(x.detach().chunk(chunks, dim=-2), grad.chunk(chunks, dim=-2)):
+    for piece, grad_piece in zip(x.chunk(chunks, dim=-2), grad.chunk(chunks, dim=-2)):
         piece = piece.requires_grad_(True)
         with _replay(ctx):
             out = ctx.function(piece)
@@ -329,7 +331,7 @@ def _tokenwise_backward(ctx, x: torch.Tensor, grad: torch.Tensor) -> torch.Tenso
     pairs = [(p, g) for p, g in zip(params, dparams) if g is not None]
     if pairs:
         torch.autograd.backward([p for p, _ in pairs], [g for _, g in pairs])
-    return dx
+    return dx.view(shape)
 
 
 class _LayerCheckpoint:
