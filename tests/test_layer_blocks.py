@@ -223,3 +223,26 @@ def test_split_lowers_the_step_peak_by_what_the_estimator_says(chunk_rows, monke
     print(f"step peak: whole layers {whole / 2**20:.1f} MiB, split {split / 2**20:.1f} MiB; "
           f"saved {(whole - split) / 2**20:.1f} MiB, estimated {predicted / 2**20:.1f} MiB")
     assert 0.7 * predicted < whole - split < 1.3 * predicted
+
+
+def test_a_deep_copy_of_a_split_model_runs_on_its_own():
+    """TRL deep-copies the policy as DPO's reference model in a full finetune: the copy's layers must call
+    their own modules, not the original's."""
+    import copy
+
+    model = _model("tiny-llama3")
+    _split(model)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+    ids = torch.randint(0, 250, (1, 9))
+    model.eval()
+    twin.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, twin(input_ids=ids).logits)
+    twin.train()
+    plain = copy.deepcopy(twin)
+    for layer in plain.modules():
+        layer_blocks.remove(layer)
+    _assert_same(_grads(plain), _grads(twin))  # the twin's chunked MLP backward reached the twin's weights
