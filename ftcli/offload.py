@@ -298,8 +298,8 @@ def _replay(ctx):
 class Tokenwise:
     """A block that treats each token on its own (norm, MLP, residual add), recomputed in `chunks` token chunks.
 
-    `params`: its trainable parameters. Their gradients are summed over the chunks and handed to autograd once,
-    as one whole backward would, so DDP's per-parameter hooks fire once per step.
+    `params`: its parameters; those that require grad when the backward runs get gradients, summed over the
+    chunks and handed to autograd once, as one whole backward would, so DDP's per-parameter hooks fire once.
     """
 
     chunks: int
