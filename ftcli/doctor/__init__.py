@@ -18,7 +18,7 @@ from typing import Callable
 from ftcli.doctor import checks_tokens  # noqa: F401, I001
 from ftcli.doctor import checks_template  # noqa: F401
 from ftcli.doctor import checks_model  # noqa: F401
-from ftcli.doctor import fixes, targets
+from ftcli.doctor import fixes, patching, targets
 from ftcli.doctor.registry import CHECKS, Check, Finding, as_hits
 from ftcli.doctor.report import Report, sort_findings
 from ftcli.doctor.subject import Subject
@@ -79,7 +79,7 @@ def fix(model, tokenizer, template, findings: list[Finding], recipe=None):
     """Apply the fixable findings in memory; returns (template, ids of the checks fixed)."""
     subject = targets.from_objects(model, tokenizer, template, recipe)
     patch = fixes.plan(subject, findings)
-    template = fixes.apply_in_memory(subject, patch, template)
+    template = patching.apply_in_memory(subject, patch, template)
     return template, patch.applied
 
 
@@ -97,7 +97,7 @@ def diagnose(target: str, *, fix_dir: str | None = None, overrides=()) -> Report
         raise BadInput("--fix does not rewrite GGUF files: fix the Hugging Face folder and export again")
     patch = fixes.plan(subject, report.findings)
     try:
-        report.written = fixes.write_fixed(subject, patch, fix_dir)
+        report.written = patching.write_fixed(subject, patch, fix_dir)
     except ValueError as err:
         raise BadInput(str(err)) from None
     report.fixed = patch.applied
