@@ -14,7 +14,7 @@ from test_doctor_helpers import builtin_dir, copy_builtin, edit_json, ids
 from ftcli import doctor
 from ftcli.builtin import BUILTINS
 from ftcli.doctor import CHECKS, probes
-from ftcli.doctor.checks_tokens import MISTRAL_REGEX
+from ftcli.doctor.checks_tokenizer_files import MISTRAL_REGEX
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "shared" / "research" / "doctor-bugs.md"
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 # Importing the check modules registers their checks, in this order: tokens, template, model.
 from ftcli.doctor import checks_tokens  # noqa: F401, I001
+from ftcli.doctor import checks_tokenizer_files  # noqa: F401
 from ftcli.doctor import checks_template  # noqa: F401
 from ftcli.doctor import checks_model  # noqa: F401
 from ftcli.doctor import fixes, patching, targets

@@ -103,7 +103,7 @@ def _reset_rows(weight, ids: list[int]) -> None:
 
 
 def _edit_tokenizer_json(tj: dict, s: Subject, patch: Patch) -> None:
-    from ftcli.doctor.checks_tokens import MISTRAL_REGEX, _template_processors
+    from ftcli.doctor.checks_tokenizer_files import MISTRAL_REGEX, _template_processors
 
     if patch.make_special:
         for entry in tj.get("added_tokens") or []:
