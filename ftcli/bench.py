@@ -186,7 +186,7 @@ def _ftcli_plan(mode: str, config, gc: bool, r: int, tokens: tuple[int, int], bu
                             else "lean", memory_budget_gib=budget_gib)
     kwargs = dict(batch=tokens[0], seq=tokens[1], lora_r=r, fused_kernels=True, load_in_4bit=four_bit)
     return checkpointing.plan(train, memory.Shape.from_config(config), kwargs, on_gpu=_device() == "cuda",
-                              gpu_bytes=memory.gpu_bytes_for_run() or 0)
+                              gpu_bytes=memory.gpu_bytes_for_run() or 0, host_bytes=memory.host_bytes_for_run())
 
 
 def _device() -> str:

@@ -36,15 +36,36 @@ class Plan:
                 "split_blocks": self.split, "reason": self.reason}
 
 
-def plan(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float, sharded: bool = False) -> Plan:
+def plan(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float, sharded: bool = False,
+         host_bytes: float | None = None) -> Plan:
     """The plan for a recipe's train section on a model of `shape` (memory.Shape).
 
     `sharded` (FSDP): layers recompute whole. FSDP reshards a layer's weights once their gradients
-    have arrived, which with two blocks would happen between the MLP's backward and the attention's."""
+    have arrived, which with two blocks would happen between the MLP's backward and the attention's.
+    `host_bytes`: how much pinned host memory offloading may use (None: no limit). Where the split's
+    two hidden states per layer do not fit, layers recompute whole; where one does not, the inputs
+    stay on the GPU."""
     split = shape.splits_blocks and not sharded
     decided = _decide(train, shape, estimate_kwargs, on_gpu=on_gpu, gpu_bytes=gpu_bytes, split=split)
     decided.split = decided.offload and split
+    if decided.offload and host_bytes is not None:
+        _fit_host_memory(decided, shape, estimate_kwargs, host_bytes)
     return decided
+
+
+def _fit_host_memory(decided: Plan, shape, estimate_kwargs: dict, host_bytes: float) -> None:
+    from ftcli import memory
+
+    def pinned(split: bool) -> float:
+        return memory.offloaded_bytes(shape, **estimate_kwargs, recomputed_layers=decided.recomputed, split=split)
+
+    room = f"{host_bytes / memory.GiB:.1f} GiB of host memory to pin"
+    if decided.split and pinned(True) > host_bytes:
+        decided.split = False
+        decided.reason += f"; layers recompute whole: split needs {pinned(True) / memory.GiB:.1f} GiB, {room}"
+    if pinned(False) > host_bytes:
+        decided.offload = False
+        decided.reason += f"; inputs stay on the GPU: offloading needs {pinned(False) / memory.GiB:.1f} GiB, {room}"
 
 
 def _decide(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float, split: bool) -> Plan:
@@ -93,4 +114,5 @@ def plan_for(recipe, config) -> Plan:
 
     gpu_bytes = memory.gpu_bytes_for_run()
     return plan(recipe.train, memory.Shape.from_config(config), memory.recipe_kwargs(recipe),
-                sharded=distributed.is_sharded(recipe), on_gpu=gpu_bytes is not None, gpu_bytes=gpu_bytes or 0)
+                sharded=distributed.is_sharded(recipe), on_gpu=gpu_bytes is not None, gpu_bytes=gpu_bytes or 0,
+                host_bytes=memory.host_bytes_for_run())

@@ -17,6 +17,7 @@ WORKSPACE_BYTES = 0.5 * GiB      # cuBLAS workspace and allocator slack (the CUD
 NF4_BYTES_PER_PARAM = 0.5 + 0.03  # 4-bit values, plus double-quantised absmax per 64-block
 LOSS_CHUNK_BYTES = 256 * 2**20   # logits of one chunk of the fused loss (kernels/fused_linear_ce.CHUNK_BYTES)
 MIN_CHUNK_ROWS = 1024            # a token chunk of a split MLP block's recompute has at least this many tokens
+HOST_FRACTION = 0.5              # of the host memory available to a process, what offloaded activations may pin
 
 
 @dataclass
@@ -204,7 +205,7 @@ def for_recipe(recipe, config, gpu_bytes: float | None = None) -> Estimate:
     shape = Shape.from_config(config)
     kwargs = recipe_kwargs(recipe)
     plan = checkpointing.plan(recipe.train, shape, kwargs, on_gpu=True, gpu_bytes=gpu_bytes or 80 * GiB,
-                              sharded=distributed.is_sharded(recipe))
+                              sharded=distributed.is_sharded(recipe), host_bytes=host_bytes_for_run())
     return estimate(shape, **kwargs, recomputed_layers=plan.recomputed, offload=plan.offload, split=plan.split)
 
 
@@ -244,6 +245,26 @@ def gpu_bytes_for_run() -> float | None:
         return None
     free, _ = torch.cuda.mem_get_info()
     return free + torch.cuda.memory_reserved()
+
+
+def offloaded_bytes(shape: Shape, *, batch: int, seq: int, recomputed_layers: int, split: bool,
+                    dtype_bytes: int = 2, **_) -> float:
+    """Pinned host memory for the offloaded hidden states: one per recomputed layer, two when split."""
+    return recomputed_layers * (2 if split else 1) * batch * seq * shape.hidden * dtype_bytes
+
+
+def host_bytes_for_run() -> float | None:
+    """Host memory this process may pin for offloaded activations: HOST_FRACTION of what the machine has
+    available, shared by the processes on this node (None where /proc/meminfo cannot be read)."""
+    import os
+
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    return HOST_FRACTION * available / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def advice(recipe) -> list[str]:

@@ -89,6 +89,25 @@ def test_split_blocks_lower_the_recompute_peak_below_the_loss_head():
     assert memory.estimate(LLAMA_8B, **KW, offload=True, split=True).working == whole.working  # unknown layout
 
 
+def test_offloading_fits_the_host_memory_it_may_pin():
+    """Llama-3.1-8B at 8192 tokens: each offloaded hidden state is 64 MiB, so 32 layers pin 2 GiB whole, 4 split."""
+    split_8b = dataclasses.replace(LLAMA_8B, splits_blocks=True)
+
+    def lean(host_gib):
+        return checkpointing.plan(train(), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB,
+                                  host_bytes=None if host_gib is None else host_gib * GiB)
+
+    assert (lean(None).offload, lean(None).split) == (True, True)
+    assert (lean(4.5).offload, lean(4.5).split) == (True, True)
+    roomy_for_one = lean(3.0)
+    assert (roomy_for_one.offload, roomy_for_one.split) == (True, False)
+    assert "split needs 4.0 GiB, 3.0 GiB of host memory to pin" in roomy_for_one.reason
+    no_room = lean(1.0)
+    assert (no_room.offload, no_room.split, no_room.recomputed) == (False, False, 32)
+    assert "inputs stay on the GPU: offloading needs 2.0 GiB" in no_room.describe()
+    assert memory.host_bytes_for_run() > 0  # read from /proc/meminfo on Linux
+
+
 def _tiny_model():
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
