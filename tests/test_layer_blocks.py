@@ -246,3 +246,24 @@ def test_a_deep_copy_of_a_split_model_runs_on_its_own():
     for layer in plain.modules():
         layer_blocks.remove(layer)
     _assert_same(_grads(plain), _grads(twin))  # the twin's chunked MLP backward reached the twin's weights
+
+
+def test_packed_rows_reach_the_attention_block():
+    """Padding-free packing: position ids restart per sequence and must reach the split attention block."""
+    ids = torch.randint(0, 250, (1, 14), generator=torch.Generator().manual_seed(3))
+    position_ids = torch.tensor([list(range(6)) + list(range(8))])
+
+    def packed_grads(model, positions=position_ids):  # no cache, as in training (else no packing is seen)
+        model(input_ids=ids, labels=ids, position_ids=positions, use_cache=False).loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad(set_to_none=True)
+        return grads
+
+    reference = packed_grads(_model("tiny-llama3"))
+    unpacked = packed_grads(_model("tiny-llama3"), positions=None)
+    assert max((unpacked[k] - reference[k]).abs().max() for k in reference) > 1e-4  # packing changes the result
+    split = _model("tiny-llama3")
+    _split(split)
+    got = packed_grads(split)
+    for name, grad in reference.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-10, atol=1e-10, msg=name)
