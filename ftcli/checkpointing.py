@@ -92,12 +92,15 @@ def _decide(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: flo
 
 def apply(model, plan: Plan) -> int:
     """Switch checkpointing on for the first `plan.recomputed` decoder layers; returns how many."""
-    if plan.recomputed == 0:
-        return 0
     from ftcli import offload
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # A training forward never reads a KV cache: without this, one that does not pass use_cache=False builds
+    # one (memory for nothing, and transformers then ignores padding-free packing). generate() follows
+    # generation_config.use_cache, not this.
     base.config.use_cache = False
+    if plan.recomputed == 0:
+        return 0
     # non-reentrant checkpointing, or ours with offload (and split blocks)
     return offload.enable(base, offload=plan.offload, layers=plan.recomputed, split=plan.split)
 

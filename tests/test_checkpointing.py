@@ -138,3 +138,13 @@ def test_apply_switches_checkpointing_on_for_the_first_layers_only_and_grads_are
     got = _grads(model, ids)
     for name, grad in reference.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-12, atol=1e-14, msg=name)
+
+
+def test_no_kv_cache_in_training_even_when_nothing_recomputes():
+    model = _tiny_model()
+    assert model.config.use_cache
+    assert checkpointing.apply(model, checkpointing.Plan(layers=4, recomputed=0, offload=False, reason="test")) == 0
+    assert model.config.use_cache is False
+    assert model.generation_config.use_cache is not False  # generation keeps its cache
+    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 6)
