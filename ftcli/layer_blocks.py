@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from functools import partial
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -73,20 +76,10 @@ def _mlp_block(hidden_states, *, layer, layout):
 def _split_forward(self, hidden_states, *args, **kwargs):
     attention_ckpt, mlp_ckpt, layout, whole = self._ftcli_blocks
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    if args or cache is not None or not (self.training and _grad_enabled()):
+    if args or cache is not None or not (self.training and torch.is_grad_enabled()):
         return whole(hidden_states, *args, **kwargs)  # generation, eval, or a call we do not know: as written
-    h = attention_ckpt(_bind(_attention_block, layer=self, layout=layout, **kwargs), hidden_states)
-    return mlp_ckpt(_bind(_mlp_block, layer=self, layout=layout), h)
-
-
-def _grad_enabled() -> bool:
-    import torch
-
-    return torch.is_grad_enabled()
-
-
-def _bind(fn, **kwargs):
-    return lambda hidden_states: fn(hidden_states, **kwargs)
+    h = attention_ckpt(partial(_attention_block, layer=self, layout=layout, **kwargs), hidden_states)
+    return mlp_ckpt(partial(_mlp_block, layer=self, layout=layout), h)
 
 
 def install(layer, layout: Layout, attention_ckpt, mlp_ckpt) -> None:

@@ -2,8 +2,8 @@
 
 peak ≈ weights + trainable state (LoRA or full weights: parameter, gradient, two Adam
 moments) + activations (all layers, or one checkpoint per layer plus one layer, or one
-block of a split layer, being recomputed) + the loss head + a fixed CUDA workspace. The activation coefficients are
-counts of the tensors a Hugging Face decoder layer saves for backward; docs/memory.md
+block of a split layer, being recomputed) + the loss head + a fixed CUDA workspace. The
+activation coefficients are counts of the tensors a Hugging Face decoder layer saves for backward; docs/memory.md
 records how close the estimate came to measured peaks on an H200.
 """
 
@@ -123,13 +123,18 @@ def activation_bytes_per_token_block(shape: Shape, dtype_bytes: int, fused_kerne
             dtype_bytes * (2 * h + 4 * i + sandwich) + norm_fp32)
 
 
+def mlp_backward_temporaries_per_token(shape: Shape, dtype_bytes: int) -> float:
+    """An MLP backward's activation gradients (gate, up) and its input gradient."""
+    return (2 * shape.intermediate + shape.hidden) * dtype_bytes
+
+
 def block_backward_bytes_per_token(shape: Shape, dtype_bytes: int, fused_kernels: bool) -> tuple:
-    """(attention, MLP): each block's activations plus its backward's temporaries, per token (the MLP's
-    gate/up gradients and its input gradient; attention's q/k/v and output gradients)."""
+    """(attention, MLP): each block's activations plus its backward's temporaries, per token (attention's
+    q/k/v and output gradients; the MLP's as above)."""
     attention, mlp = activation_bytes_per_token_block(shape, dtype_bytes, fused_kernels)
     q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
     return (attention + (2 * q + 2 * kv + shape.hidden) * dtype_bytes,
-            mlp + (2 * shape.intermediate + shape.hidden) * dtype_bytes)
+            mlp + mlp_backward_temporaries_per_token(shape, dtype_bytes))
 
 
 def mlp_chunks_wanted(shape: Shape) -> int:
@@ -183,8 +188,7 @@ def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_i
     # and one recomputed layer's (or, split, one block's) activations exist at a time in backward
     saved_inputs = 0 if offload else recomputed * tokens * shape.hidden * dtype_bytes
     kept = (shape.layers - recomputed) * per_layer
-    # a layer's backward holds the MLP's activation gradients (gate, up) and its input gradient
-    transient = tokens * (2 * shape.intermediate + shape.hidden) * dtype_bytes
+    transient = tokens * mlp_backward_temporaries_per_token(shape, dtype_bytes)  # a kept layer's backward
     if fused_kernels:  # final norm output and its gradient, one chunk of logits and its softmax gradient
         chunk_rows = 1 << (max(1, LOSS_CHUNK_BYTES // (shape.vocab * dtype_bytes)).bit_length() - 1)
         loss_head = 2 * tokens * shape.hidden * dtype_bytes + 2 * min(tokens, chunk_rows) * shape.vocab * dtype_bytes

@@ -84,7 +84,7 @@ def enable(model, offload: bool, *, layers: int | None = None, split: bool = Fal
     return n
 
 
-def _tokenwise(modules: list, chunks: int, min_rows: int) -> "Tokenwise | None":
+def _tokenwise(modules: list, chunks: int, min_rows: int | None) -> Tokenwise | None:
     """Chunked recompute for a token-wise block, unless it has active dropout (chunks would draw other masks)."""
     dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for module in modules for m in module.modules())
     if chunks <= 1 or dropout:
