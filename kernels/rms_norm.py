@@ -25,67 +25,76 @@ try:
 except ImportError:  # Triton is optional: the references still work
     tl = None
 
+TILE_ELEMENTS = 2048  # a program normalises rows until its tile has about this many elements
+
 
 @kernel
-def rms_norm_fwd(X, RES, W, Y, HOUT, RSTD, stride_x, stride_r, stride_y, stride_h, n_cols, eps,
-                 GEMMA: tl.constexpr, HAS_RES: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def rms_norm_fwd(X, RES, W, Y, HOUT, RSTD, stride_x, stride_r, stride_y, stride_h, n_rows, n_cols, eps,
+                 GEMMA: tl.constexpr, HAS_RES: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+                 ACC: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(ACC)
+    row_ok = rows < n_rows
+    mask = row_ok[:, None] & (cols < n_cols)[None, :]
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(ACC)
     if HAS_RES:
-        res = tl.load(RES + row * stride_r + cols, mask=mask, other=0.0).to(ACC)
+        res = tl.load(RES + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(ACC)
         h = (x + res).to(HOUT.dtype.element_ty)
-        tl.store(HOUT + row * stride_h + cols, h, mask=mask)
+        tl.store(HOUT + rows[:, None] * stride_h + cols[None, :], h, mask=mask)
         x = h.to(ACC)
-    w = tl.load(W + cols, mask=mask, other=0.0).to(ACC)
-    mean_sq = tl.sum(x * x, axis=0) / n_cols
+    w = tl.load(W + cols, mask=cols < n_cols, other=0.0).to(ACC)[None, :]
+    mean_sq = tl.sum(x * x, axis=1) / n_cols
     if ACC == tl.float64:
         rstd = 1.0 / tl.sqrt(mean_sq + tl.cast(eps, ACC))
     else:
         rstd = 1.0 / tl.sqrt_rn(mean_sq + tl.cast(eps, ACC))  # IEEE-rounded, like torch.rsqrt's fp32
-    tl.store(RSTD + row, rstd)
-    xhat = x * rstd
+    tl.store(RSTD + rows, rstd, mask=row_ok)
+    xhat = x * rstd[:, None]
     if GEMMA:
         y = xhat * (1.0 + w)
     else:
         y = xhat.to(X.dtype.element_ty).to(ACC) * w
-    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
 @kernel
 def rms_norm_bwd(DY, X, W, RSTD, DX, DRES, DWP, stride_dy, stride_x, stride_dx, stride_dres, n_rows, n_cols,
-                 rows_per_prog, GEMMA: tl.constexpr, HAS_DRES: tl.constexpr, COMPUTE_DW: tl.constexpr,
-                 BLOCK: tl.constexpr, ACC: tl.constexpr):
+                 tiles_per_prog, GEMMA: tl.constexpr, HAS_DRES: tl.constexpr, COMPUTE_DW: tl.constexpr,
+                 ROWS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    w = tl.load(W + cols, mask=mask, other=0.0).to(ACC)
+    col_ok = cols < n_cols
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(ACC)
     if GEMMA:
         w = w + 1.0
     dw = tl.zeros((BLOCK,), dtype=ACC)
-    for i in range(0, rows_per_prog):
-        row = pid * rows_per_prog + i
-        in_range = row < n_rows
-        rmask = cols < tl.where(in_range, n_cols, 0)  # (a scalar-bool & vector-bool trips the interpreter)
-        row = row.to(tl.int64)
-        x = tl.load(X + row * stride_x + cols, mask=rmask, other=0.0).to(ACC)
-        dy = tl.load(DY + row * stride_dy + cols, mask=rmask, other=0.0).to(ACC)
-        rstd = tl.load(RSTD + row, mask=in_range, other=0.0)
+    for i in range(0, tiles_per_prog):
+        rows = ((pid * tiles_per_prog + i) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+        row_ok = rows < n_rows
+        mask = row_ok[:, None] & col_ok[None, :]
+        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(ACC)
+        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(ACC)
+        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)[:, None]
         xhat = x * rstd
-        g = dy * w
-        c = tl.sum(g * xhat, axis=0) / n_cols
+        g = dy * w[None, :]
+        c = (tl.sum(g * xhat, axis=1) / n_cols)[:, None]
         dx = rstd * (g - xhat * c)
         if HAS_DRES:
-            dx += tl.load(DRES + row * stride_dres + cols, mask=rmask, other=0.0).to(ACC)
-        tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=rmask)
+            dx += tl.load(DRES + rows[:, None] * stride_dres + cols[None, :], mask=mask, other=0.0).to(ACC)
+        tl.store(DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         if COMPUTE_DW:
             if GEMMA:
-                dw += dy * xhat
+                dw += tl.sum(dy * xhat, axis=0)
             else:
-                dw += dy * xhat.to(X.dtype.element_ty).to(ACC)
+                dw += tl.sum(dy * xhat.to(X.dtype.element_ty).to(ACC), axis=0)
     if COMPUTE_DW:
-        tl.store(DWP + pid.to(tl.int64) * n_cols + cols, dw, mask=mask)
+        tl.store(DWP + pid.to(tl.int64) * n_cols + cols, dw, mask=col_ok)
+
+
+def _rows_per_tile(n_cols: int) -> int:
+    """Rows one program handles: narrow rows (Qwen3's and Gemma 3's per-head q/k norms, 128-256 wide) in
+    tiles of about 2048 elements, since one 256-byte row per program leaves the GPU mostly idle."""
+    return max(1, min(16, TILE_ELEMENTS // next_pow2(n_cols)))
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -103,13 +112,13 @@ def _forward(x2, res2, weight, eps, gemma):
     h = torch.empty_like(x2) if res2 is not None else None
     rstd = torch.empty(n_rows, dtype=torch.float64 if x2.dtype == torch.float64 else torch.float32,
                        device=x2.device)
-    block = next_pow2(n_cols)
+    block, tile = next_pow2(n_cols), _rows_per_tile(n_cols)
     if n_rows:
-        rms_norm_fwd[(n_rows,)](
+        rms_norm_fwd[(-(-n_rows // tile),)](
             x2, res2 if res2 is not None else x2, weight, y, h if h is not None else y, rstd,
             x2.stride(0), res2.stride(0) if res2 is not None else 0, y.stride(0), h.stride(0) if h is not None else 0,
-            n_cols, eps, GEMMA=gemma, HAS_RES=res2 is not None, BLOCK=block, ACC=acc_type(x2),
-            num_warps=num_warps_for(block))
+            n_rows, n_cols, eps, GEMMA=gemma, HAS_RES=res2 is not None, ROWS=tile, BLOCK=block, ACC=acc_type(x2),
+            num_warps=num_warps_for(block * tile))
     return y, h, rstd
 
 
@@ -117,19 +126,18 @@ def _backward(dy2, x2, weight, rstd, dres2, gemma, need_dw):
     n_rows, n_cols = x2.shape
     dx = torch.empty_like(x2)
     dy2 = dy2 if dy2.stride(-1) == 1 else dy2.contiguous()
-    if need_dw:
-        progs = min(n_rows, 4 * _sm_count(x2.device)) or 1
-    else:
-        progs = max(n_rows, 1)
-    rows_per_prog = -(-n_rows // progs) if n_rows else 0
+    block, tile = next_pow2(n_cols), _rows_per_tile(n_cols)
+    tiles = -(-n_rows // tile)
+    # with dw, few programs that each sum their tiles' rows (then one sum over programs); without, one per tile
+    progs = (min(tiles, 4 * _sm_count(x2.device)) or 1) if need_dw else max(tiles, 1)
+    tiles_per_prog = -(-tiles // progs) if n_rows else 0
     dwp = torch.empty((progs, n_cols), dtype=rstd.dtype, device=x2.device) if need_dw else rstd
-    block = next_pow2(n_cols)
     if n_rows:
         rms_norm_bwd[(progs,)](
             dy2, x2, weight, rstd, dx, dres2 if dres2 is not None else dx, dwp,
             dy2.stride(0), x2.stride(0), dx.stride(0), dres2.stride(0) if dres2 is not None else 0,
-            n_rows, n_cols, rows_per_prog, GEMMA=gemma, HAS_DRES=dres2 is not None, COMPUTE_DW=need_dw,
-            BLOCK=block, ACC=acc_type(x2), num_warps=num_warps_for(block))
+            n_rows, n_cols, tiles_per_prog, GEMMA=gemma, HAS_DRES=dres2 is not None, COMPUTE_DW=need_dw,
+            ROWS=tile, BLOCK=block, ACC=acc_type(x2), num_warps=num_warps_for(block * tile))
     dw = None
     if need_dw:
         dw = (dwp.sum(0) if n_rows else torch.zeros(n_cols, dtype=rstd.dtype, device=x2.device)).to(weight.dtype)

@@ -51,12 +51,14 @@ def compare_op(name, triton_fn, reference_fn, inputs, upstream=None):
 
 
 @pytest.mark.parametrize("gemma", [False, True])
-def test_rms_norm_real_shape(gemma):
+@pytest.mark.parametrize("shape", [(8192, 4096), (4, 2048, 8, 256)], ids=["hidden", "per-head-qk-norm"])
+def test_rms_norm_real_shape(gemma, shape):
+    """Hidden-size rows (one per program) and per-head q/k-norm rows (Gemma 3's 256 wide, tiled)."""
     from ftcli.kernels import rms_norm as op
 
     torch.manual_seed(0)
-    x = torch.randn(8192, 4096, device=DEV, dtype=torch.bfloat16)
-    w = (torch.randn(4096, device=DEV) * 0.1 + (0.0 if gemma else 1.0)).to(torch.bfloat16)
+    x = torch.randn(*shape, device=DEV, dtype=torch.bfloat16)
+    w = (torch.randn(shape[-1], device=DEV) * 0.1 + (0.0 if gemma else 1.0)).to(torch.bfloat16)
     compare_op(f"rms_norm gemma={gemma}", lambda a, b: op.rms_norm(a, b, 1e-6, gemma),
                lambda a, b: op.rms_norm_reference(a, b, 1e-6, gemma), [x, w])
 

@@ -96,3 +96,25 @@ def test_mutation_dropping_gemma_plus_one_is_caught(dtype):
     (gx_bug,) = grads(x)
     assert not close(y, buggy, dtype)
     assert not close(gx, gx_bug, dtype)
+
+
+@pytest.mark.parametrize("rows,width", [(200, 100), (37, 64), (5, 3000)],
+                         ids=["tiles-several-per-program", "narrow-partial-tile", "wide-one-row-per-program"])
+@pytest.mark.parametrize("gemma", [False, True], ids=["llama", "gemma"])
+def test_rms_norm_row_tiles(rows, width, gemma):
+    """Narrow rows (per-head q/k norms) are normalised many to a program, with the last tile part-empty and,
+    with dw, several tiles per program; wide rows one to a program. Each row's result stays its own."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(rows, width, generator=g) * torch.linspace(0.1, 5, rows)[:, None]).requires_grad_()
+    w = (torch.randn(width, generator=g) * 0.3 + (0.0 if gemma else 1.0)).requires_grad_()
+    dy = torch.randn(rows, width, generator=g)
+    with launched("rms_norm_fwd", "rms_norm_bwd"):
+        y = rms_norm(x, w, 1e-6, gemma)
+        y.backward(dy)
+    gx, gw = grads(x, w)
+    y_ref = rms_norm_reference(x, w, 1e-6, gemma)
+    y_ref.backward(dy)
+    gx_ref, gw_ref = grads(x, w)
+    assert_close(y, y_ref, torch.float32, "y")
+    assert_close(gx, gx_ref, torch.float32, "dx")
+    assert_close(gw, gw_ref, torch.float32, "dw")
