@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ftcli.hf_compat import enable_checkpointing
 
-MODES = ("hf", "liger", "unsloth", "ftcli", "ftcli-fast")
+MODES = ("hf", "liger", "unsloth", "ftcli", "ftcli-fast", "ftcli-whole")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PEAK_BF16_FLOPS = 989e12  # H100/H200 dense bf16 datasheet peak (research/kernels.md §1.2)
 
@@ -177,7 +177,8 @@ def _load(mode: str, folder: Path, model_type: str, gc: bool, r: int, tokens: tu
 
 def _ftcli_plan(mode: str, config, gc: bool, r: int, tokens: tuple[int, int], budget_gib: float | None,
                 four_bit: bool):
-    """ftcli: train.memory lean (offloaded recompute); ftcli-fast: train.memory fast within `budget_gib`."""
+    """ftcli: train.memory lean (offloaded recompute); ftcli-fast: train.memory fast within `budget_gib`;
+    ftcli-whole: lean with each layer recomputed whole (no attention/MLP split), to measure what the split costs."""
     from types import SimpleNamespace
 
     from ftcli import checkpointing, memory
@@ -185,8 +186,11 @@ def _ftcli_plan(mode: str, config, gc: bool, r: int, tokens: tuple[int, int], bu
     train = SimpleNamespace(gradient_checkpointing="auto" if gc else False, memory="fast" if mode == "ftcli-fast"
                             else "lean", memory_budget_gib=budget_gib)
     kwargs = dict(batch=tokens[0], seq=tokens[1], lora_r=r, fused_kernels=True, load_in_4bit=four_bit)
-    return checkpointing.plan(train, memory.Shape.from_config(config), kwargs, on_gpu=_device() == "cuda",
+    plan = checkpointing.plan(train, memory.Shape.from_config(config), kwargs, on_gpu=_device() == "cuda",
                               gpu_bytes=memory.gpu_bytes_for_run() or 0, host_bytes=memory.host_bytes_for_run())
+    if mode == "ftcli-whole":
+        plan.split = False
+    return plan
 
 
 def _device() -> str:
@@ -251,7 +255,32 @@ def _profile_step(model, optimizer, ids, path: Path) -> None:
         _sync()
     sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=70))
+    table = prof.key_averages()
+    path.write_text(_gpu_busy_line(prof) + table.table(sort_by=sort, row_limit=60, max_name_column_width=70)
+                    + "\nBy self CPU time (host-side stalls: synchronisations, launches):\n"
+                    + table.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
+
+
+def covered(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals (overlapping kernels on several streams count once)."""
+    busy, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    return busy
+
+
+def _gpu_busy_line(prof) -> str:
+    """How much of the profiled step the GPU was busy: the union of its kernels' and copies' intervals
+    against the step's wall time. Idle GPU time is time the host did not keep it fed."""
+    from torch.autograd import DeviceType
+
+    spans = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA]
+    if not spans:
+        return ""
+    busy, wall = covered(spans), max(b for _, b in spans) - min(a for a, _ in spans)
+    return f"GPU busy {busy / 1e3:.1f} ms of {wall / 1e3:.1f} ms from first to last GPU op ({busy / wall:.0%})\n\n"
 
 
 def worker_main(argv: list[str]) -> int:
@@ -301,7 +330,7 @@ def compare(results: list[ModeResult]) -> list[str]:
     """Problems when ftcli's first step differs from plain HF's (loss > 1%, grad norm > 5%)."""
     by_mode = {r.mode: r for r in results if r.ok}
     hf = by_mode.get("hf")
-    return [p for mode in ("ftcli", "ftcli-fast") if hf and mode in by_mode for p in _compare(hf, by_mode[mode])]
+    return [p for mode in ("ftcli", "ftcli-fast", "ftcli-whole") if hf and mode in by_mode for p in _compare(hf, by_mode[mode])]
 
 
 def _compare(hf: ModeResult, ours: ModeResult) -> list[str]:

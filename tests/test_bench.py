@@ -61,6 +61,21 @@ def test_bench_plumbing_end_to_end_on_a_tiny_shape(tmp_path):
     assert bench.compare([hf, ours] + broken)  # a wrong ftcli-fast row is caught too
 
 
+def test_gpu_busy_time_counts_overlapping_intervals_once():
+    assert bench.covered([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17
+    assert bench.covered([(3, 4)]) == 1 and bench.covered([]) == 0
+
+
+def test_ftcli_whole_mode_is_lean_without_the_split(monkeypatch):
+    """ftcli-whole measures what splitting layers costs: the lean plan, each layer recomputed whole."""
+    monkeypatch.setattr(bench, "_device", lambda: "cuda")
+    config = bench.make_config("llama3-8b")
+    lean = bench._ftcli_plan("ftcli", config, True, 16, (4, 2048), None, False)
+    whole = bench._ftcli_plan("ftcli-whole", config, True, 16, (4, 2048), None, False)
+    assert lean.offload and whole.offload and lean.recomputed == whole.recomputed == 32
+    assert lean.split and not whole.split
+
+
 def test_max_seq_doubles_the_batch1_sequence_until_a_step_fails(monkeypatch, tmp_path):
     seen = []
 
