@@ -325,7 +325,10 @@ def _build(spec: _Spec, meta: dict, template: str, out: pathlib.Path) -> None:
     config = cfg_cls(vocab_size=tok.get_vocab_size(), bos_token_id=ids["bos_token"], eos_token_id=eos,
                      pad_token_id=ids["pad_token"], initializer_range=0.02, **spec.config)
     config.dtype = torch.float32
-    model = getattr(transformers, spec.model_class)(config)
+    # transformers' own init draws from the global RNG: fork it, or a cold cache would shift what a caller
+    # seeded before builtin_path() draws next (LoRA init after set_seed, say) on the first build only.
+    with torch.random.fork_rng(devices=[]):
+        model = getattr(transformers, spec.model_class)(config)
     # Our own init, independent of transformers' init code: N(0, 1/fan_in) for matrices (every
     # embedding row random, special tokens included) so that a tiny model's logits are O(1) and
     # it learns within a CPU budget; 1-D norm weights = default + N(0, 0.1) so that kernels

@@ -167,6 +167,15 @@ def test_deterministic(built, monkeypatch, tmp_path):
             assert (first / f).read_bytes() == (second / f).read_bytes(), (name, f)
 
 
+def test_building_leaves_the_global_rng_alone(monkeypatch, tmp_path):
+    """A cold cache must not shift what a caller seeded before builtin_path() draws next (its LoRA init, say)."""
+    monkeypatch.setenv("FTCLI_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    builtin_path("builtin:tiny-qwen3")
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_cached(built, monkeypatch):
     def fail(*a, **k):
         raise AssertionError("rebuilt a cached builtin")
