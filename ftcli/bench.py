@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ftcli.hf_compat import enable_checkpointing
 
-MODES = ("hf", "liger", "unsloth", "ftcli", "ftcli-fast", "ftcli-whole")
+MODES = ("hf", "liger", "unsloth", "ftcli", "ftcli-fast", "ftcli-minimal")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PEAK_BF16_FLOPS = 989e12  # H100/H200 dense bf16 datasheet peak (research/kernels.md §1.2)
 
@@ -178,19 +178,17 @@ def _load(mode: str, folder: Path, model_type: str, gc: bool, r: int, tokens: tu
 def _ftcli_plan(mode: str, config, gc: bool, r: int, tokens: tuple[int, int], budget_gib: float | None,
                 four_bit: bool):
     """ftcli: train.memory lean (offloaded recompute); ftcli-fast: train.memory fast within `budget_gib`;
-    ftcli-whole: lean with each layer recomputed whole (no attention/MLP split), to measure what the split costs."""
+    ftcli-minimal: train.memory minimal (lean with attention and MLP recomputed as separate blocks)."""
     from types import SimpleNamespace
 
     from ftcli import checkpointing, memory
 
-    train = SimpleNamespace(gradient_checkpointing="auto" if gc else False, memory="fast" if mode == "ftcli-fast"
-                            else "lean", memory_budget_gib=budget_gib)
+    memory_preset = {"ftcli-fast": "fast", "ftcli-minimal": "minimal"}.get(mode, "lean")
+    train = SimpleNamespace(gradient_checkpointing="auto" if gc else False, memory=memory_preset,
+                            memory_budget_gib=budget_gib)
     kwargs = dict(batch=tokens[0], seq=tokens[1], lora_r=r, fused_kernels=True, load_in_4bit=four_bit)
-    plan = checkpointing.plan(train, memory.Shape.from_config(config), kwargs, on_gpu=_device() == "cuda",
+    return checkpointing.plan(train, memory.Shape.from_config(config), kwargs, on_gpu=_device() == "cuda",
                               gpu_bytes=memory.gpu_bytes_for_run() or 0, host_bytes=memory.host_bytes_for_run())
-    if mode == "ftcli-whole":
-        plan.split = False
-    return plan
 
 
 def _device() -> str:
@@ -330,7 +328,7 @@ def compare(results: list[ModeResult]) -> list[str]:
     """Problems when ftcli's first step differs from plain HF's (loss > 1%, grad norm > 5%)."""
     by_mode = {r.mode: r for r in results if r.ok}
     hf = by_mode.get("hf")
-    return [p for mode in ("ftcli", "ftcli-fast", "ftcli-whole") if hf and mode in by_mode for p in _compare(hf, by_mode[mode])]
+    return [p for mode in ("ftcli", "ftcli-fast", "ftcli-minimal") if hf and mode in by_mode for p in _compare(hf, by_mode[mode])]
 
 
 def _compare(hf: ModeResult, ours: ModeResult) -> list[str]:

@@ -190,9 +190,10 @@ class TrainSection(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, ge=0.0)
     optim: str = "adamw_torch"
-    memory: Literal["lean", "fast"] = Field(
-        "lean", description="lean: least GPU memory (recompute activations, layer inputs offloaded to CPU); "
-                            "fast: keep activations of as many layers as memory_budget_gib allows (docs/speed.md)")
+    memory: Literal["lean", "minimal", "fast"] = Field(
+        "lean", description="lean: recompute activations, layer inputs offloaded to CPU; minimal: lean with "
+                            "attention and MLP recomputed as separate blocks (least GPU memory, slower); fast: keep "
+                            "activations of as many layers as memory_budget_gib allows (docs/speed.md)")
     memory_budget_gib: float | None = Field(
         None, gt=0, description="fast: GPU memory the run may use; None = 90% of what the GPU has free for it")
     gradient_checkpointing: Literal["auto", "offload"] | bool = Field(

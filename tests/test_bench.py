@@ -66,14 +66,15 @@ def test_gpu_busy_time_counts_overlapping_intervals_once():
     assert bench.covered([(3, 4)]) == 1 and bench.covered([]) == 0
 
 
-def test_ftcli_whole_mode_is_lean_without_the_split(monkeypatch):
-    """ftcli-whole measures what splitting layers costs: the lean plan, each layer recomputed whole."""
+def test_ftcli_modes_run_the_memory_presets(monkeypatch):
+    """ftcli = lean (whole layers), ftcli-minimal = the same with attention and MLP as separate blocks."""
     monkeypatch.setattr(bench, "_device", lambda: "cuda")
     config = bench.make_config("llama3-8b")
     lean = bench._ftcli_plan("ftcli", config, True, 16, (4, 2048), None, False)
-    whole = bench._ftcli_plan("ftcli-whole", config, True, 16, (4, 2048), None, False)
-    assert lean.offload and whole.offload and lean.recomputed == whole.recomputed == 32
-    assert lean.split and not whole.split
+    minimal = bench._ftcli_plan("ftcli-minimal", config, True, 16, (4, 2048), None, False)
+    assert lean.offload and minimal.offload and lean.recomputed == minimal.recomputed == 32
+    assert minimal.split and not lean.split
+    assert "memory: minimal" in minimal.describe() and "memory: lean" in lean.describe()
 
 
 def test_max_seq_doubles_the_batch1_sequence_until_a_step_fails(monkeypatch, tmp_path):

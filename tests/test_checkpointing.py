@@ -54,7 +54,9 @@ def test_offloaded_recompute_estimates_less_than_plain_recompute():
     assert saved == pytest.approx(32 * 4 * 2048 * 4096 * 2)  # 32 layer inputs of 8192 tokens in bf16: 2 GiB
 
 
-def test_lean_splits_attention_and_mlp_where_the_layout_is_known():
+def test_minimal_splits_attention_and_mlp_where_the_layout_is_known():
+    """memory: minimal splits layers into blocks; lean (the default) and fast recompute whole layers: on an H200
+    the split cost 3-25% of the tokens/s (docs/benchmarks.md)."""
     from transformers import AutoConfig, MixtralConfig
 
     from ftcli.builtin import builtin_path
@@ -62,11 +64,15 @@ def test_lean_splits_attention_and_mlp_where_the_layout_is_known():
     qwen3 = memory.Shape.from_config(AutoConfig.from_pretrained(builtin_path("builtin:tiny-qwen3")))
     assert qwen3.splits_blocks and not memory.Shape.from_config(MixtralConfig()).splits_blocks
     split_8b = dataclasses.replace(LLAMA_8B, splits_blocks=True)
-    lean = checkpointing.plan(train(), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB)
-    assert lean.split and "attention and MLP recomputed separately" in lean.describe()
-    assert not checkpointing.plan(train(gc=True), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB).split
-    assert not checkpointing.plan(train(), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB).split
-    fsdp = checkpointing.plan(train(), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB, sharded=True)
+    minimal = checkpointing.plan(train("minimal"), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB)
+    assert (minimal.recomputed, minimal.offload, minimal.split) == (32, True, True)
+    assert "attention and MLP recomputed separately" in minimal.describe()
+    for preset in ("lean", "fast"):
+        p = checkpointing.plan(train(preset, budget=24.0), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB)
+        assert p.offload and not p.split, preset
+    assert not checkpointing.plan(train("minimal", gc=True), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB).split
+    assert not checkpointing.plan(train("minimal"), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB).split
+    fsdp = checkpointing.plan(train("minimal"), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB, sharded=True)
     assert fsdp.offload and not fsdp.split  # FSDP reshards between the two blocks' backwards
 
 
@@ -94,7 +100,7 @@ def test_offloading_fits_the_host_memory_it_may_pin():
     split_8b = dataclasses.replace(LLAMA_8B, splits_blocks=True)
 
     def lean(host_gib):
-        return checkpointing.plan(train(), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB,
+        return checkpointing.plan(train("minimal"), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB,
                                   host_bytes=None if host_gib is None else host_gib * GiB)
 
     assert (lean(None).offload, lean(None).split) == (True, True)

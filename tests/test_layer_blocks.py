@@ -162,8 +162,8 @@ def test_split_recompute_with_the_triton_kernels(monkeypatch):
     _assert_same(reference, got, tol=1e-5)
 
 
-def test_fast_plan_splits_only_the_recomputed_layers():
-    """`fast` on a GPU: the first layers recompute (split, offloaded), the last ones keep their activations."""
+def test_a_partial_plan_splits_only_the_recomputed_layers():
+    """The first layers recompute (split, offloaded), the last ones keep their activations."""
     from ftcli import checkpointing
 
     reference = _grads(_model("tiny-qwen3"))

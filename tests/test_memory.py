@@ -50,3 +50,16 @@ def test_advice_names_the_settings_that_help(tmp_path):
     tips = " ".join(memory.advice(loaded))
     assert "gradient_checkpointing" in tips and "per_device_train_batch_size" in tips
     assert "max_seq_length" in tips and "load_in_4bit" in tips
+
+
+def test_advice_goes_one_preset_leaner(tmp_path):
+    from ftcli import recipe
+    from support import write_recipe
+
+    def tips(memory_preset):
+        loaded = recipe.load(write_recipe(tmp_path / f"{memory_preset}.yaml", train={"memory": memory_preset}))
+        return " ".join(memory.advice(loaded))
+
+    assert "train.memory: lean" in tips("fast") and "minimal" not in tips("fast")
+    assert "train.memory: minimal" in tips("lean")
+    assert "train.memory:" not in tips("minimal")  # already the leanest preset

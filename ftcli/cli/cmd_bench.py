@@ -14,7 +14,7 @@ from ftcli.errors import BadInput
 @app.command("bench")
 def bench_cmd(
     arch: Annotated[str, typer.Option(help="Comma-separated shapes: llama3-8b, qwen3-8b, gemma3-4b, llama3.2-1b.")] = "llama3-8b",
-    mode: Annotated[str, typer.Option(help="Comma-separated modes: hf, liger, unsloth, ftcli (train.memory lean), ftcli-fast (train.memory fast), ftcli-whole (lean, layers recomputed whole); peers run where installed.")] = "hf,liger,unsloth,ftcli,ftcli-fast",
+    mode: Annotated[str, typer.Option(help="Comma-separated modes: hf, liger, unsloth, ftcli (train.memory lean), ftcli-fast (train.memory fast), ftcli-minimal (train.memory minimal); peers run where installed.")] = "hf,liger,unsloth,ftcli,ftcli-fast",
     seq: Annotated[int, typer.Option(help="Sequence length.")] = 2048,
     batch: Annotated[int, typer.Option(help="Sequences per step.")] = 4,
     steps: Annotated[int, typer.Option(help="Steps per mode; the median of steps 3..N is reported.")] = 8,
