@@ -56,7 +56,7 @@ def test_offloaded_recompute_estimates_less_than_plain_recompute():
 
 def test_minimal_splits_attention_and_mlp_where_the_layout_is_known():
     """memory: minimal splits layers into blocks; lean (the default) and fast recompute whole layers: on an H200
-    the split cost 3-25% of the tokens/s (docs/benchmarks.md)."""
+    the split cost 4-27% of the tokens/s (docs/benchmarks.md)."""
     from transformers import AutoConfig, MixtralConfig
 
     from ftcli.builtin import builtin_path
