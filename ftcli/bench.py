@@ -328,7 +328,8 @@ def compare(results: list[ModeResult]) -> list[str]:
     """Problems when ftcli's first step differs from plain HF's (loss > 1%, grad norm > 5%)."""
     by_mode = {r.mode: r for r in results if r.ok}
     hf = by_mode.get("hf")
-    return [p for mode in ("ftcli", "ftcli-fast", "ftcli-minimal") if hf and mode in by_mode for p in _compare(hf, by_mode[mode])]
+    ours = [by_mode[mode] for mode in ("ftcli", "ftcli-fast", "ftcli-minimal") if mode in by_mode]
+    return [p for row in ours if hf for p in _compare(hf, row)]
 
 
 def _compare(hf: ModeResult, ours: ModeResult) -> list[str]:

@@ -4,8 +4,8 @@
 lean (default): every layer recomputes; on a GPU its saved input goes to pinned CPU memory
   (ftcli/offload.py), so activations cost about one layer, whatever the depth.
 minimal: lean, with each layer recomputed as an attention and an MLP block (ftcli/layer_blocks.py), so
-  activations cost about one block. Measured on an H200 it saved 0.5-1.7 GiB and cost 3-25% of the
-  tokens/s (the extra host-side work per layer left the GPU idle), so it is not the default.
+  activations cost about one block. Measured on an H200 it saved 0.47-0.59 GiB on 4-8B shapes and cost
+  4-27% of the tokens/s (the extra host-side work per layer left the GPU idle), so it is not the default.
 fast: recomputation is a +50% tax on the GEMM FLOPs of a LoRA step (research/kernels.md §1.2),
   so keep every layer's activations that fit in `train.memory_budget_gib` (default: 90% of the
   GPU memory free for the run) and recompute only the rest (their inputs offloaded, so that one
@@ -43,14 +43,14 @@ def plan(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float,
          host_bytes: float | None = None) -> Plan:
     """The plan for a recipe's train section on a model of `shape` (memory.Shape).
 
-    `memory: minimal` splits layers into blocks where the architecture's layout is known; `sharded` (FSDP):
-    layers recompute whole. FSDP reshards a layer's weights once their gradients
-    have arrived, which with two blocks would happen between the MLP's backward and the attention's.
+    `memory: minimal` splits layers into blocks where the architecture's layout is known, except when
+    `sharded` (FSDP): FSDP reshards a layer's weights once their gradients have arrived, which with two
+    blocks would happen between the MLP's backward and the attention's.
     `host_bytes`: how much pinned host memory offloading may use (None: no limit). Where the split's
     two hidden states per layer do not fit, layers recompute whole; where one does not, the inputs
     stay on the GPU."""
     split = train.memory == "minimal" and shape.splits_blocks and not sharded
-    decided = _decide(train, shape, estimate_kwargs, on_gpu=on_gpu, gpu_bytes=gpu_bytes, split=split)
+    decided = _decide(train, shape, estimate_kwargs, on_gpu=on_gpu, gpu_bytes=gpu_bytes)
     decided.split = decided.offload and split
     if decided.offload and host_bytes is not None:
         _fit_host_memory(decided, shape, estimate_kwargs, host_bytes)
@@ -72,7 +72,7 @@ def _fit_host_memory(decided: Plan, shape, estimate_kwargs: dict, host_bytes: fl
         decided.reason += f"; inputs stay on the GPU: offloading needs {pinned(False) / memory.GiB:.1f} GiB, {room}"
 
 
-def _decide(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float, split: bool) -> Plan:
+def _decide(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: float) -> Plan:
     from ftcli import memory
 
     layers, choice = shape.layers, train.gradient_checkpointing
@@ -88,8 +88,7 @@ def _decide(train, shape, estimate_kwargs: dict, *, on_gpu: bool, gpu_bytes: flo
         return Plan(layers, layers, True, f"memory: {train.memory}")
     budget = train.memory_budget_gib * memory.GiB if train.memory_budget_gib else BUDGET_FRACTION * gpu_bytes
     for recomputed in range(layers + 1):  # fewest recomputed layers whose estimate fits
-        if memory.estimate(shape, **estimate_kwargs, recomputed_layers=recomputed, offload=True,
-                           split=split).total <= budget:
+        if memory.estimate(shape, **estimate_kwargs, recomputed_layers=recomputed, offload=True).total <= budget:
             break
     return Plan(layers, recomputed, recomputed > 0, f"memory: fast within {budget / memory.GiB:.1f} GiB")
 

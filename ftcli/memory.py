@@ -280,7 +280,7 @@ def advice(recipe) -> list[str]:
         tips.append("train.memory: lean (recompute activations, layer inputs offloaded to CPU)")
     elif recipe.train.memory == "lean" and recipe.train.gradient_checkpointing == "auto":
         tips.append("train.memory: minimal (attention and MLP recomputed as separate blocks: about 0.5 GiB less "
-                    "on 4-8B models at 8k tokens per step, 3-25% slower)")
+                    "on 4-8B models at 8k tokens per step, 4-27% slower)")
     if recipe.train.per_device_train_batch_size > 1:
         tips.append(f"a smaller train.per_device_train_batch_size (now {recipe.train.per_device_train_batch_size}; "
                     "raise gradient_accumulation_steps to keep the effective batch)")
