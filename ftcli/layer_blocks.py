@@ -43,6 +43,12 @@ def layout_for(config) -> Layout | None:
     return LAYOUTS.get(getattr(text, "model_type", None))
 
 
+def mlp_output_only_added(layout: Layout) -> bool:
+    """Whether the MLP's output goes straight into the residual add (through dropout at most): then no backward
+    reads its value, and a recompute may skip making it (kernels/lora_mlp.py `output_unused`)."""
+    return all("dropout" in name for name in layout.mlp_out)
+
+
 def fits(layer, layout: Layout) -> bool:
     """Whether `layer` has the layout's modules (a vision tower's layers, say, do not)."""
     return all(hasattr(layer, name) for name in (layout.attention_in, "self_attn", layout.mlp_in, "mlp"))

@@ -67,18 +67,21 @@ def enable(model, offload: bool, *, layers: int | None = None, split: bool = Fal
     chosen = every[:n]
     _OFFLOADERS.pop(base, None)
     if offload:
-        layout = layer_blocks.layout_for(base.config) if split else None
-        halves = [layout is not None and layer_blocks.fits(layer, layout) for layer in chosen]
+        layout = layer_blocks.layout_for(base.config)
+        known = [layout is not None and layer_blocks.fits(layer, layout) for layer in chosen]
+        halves = [split and k for k in known]
+        unused = layout is not None and layer_blocks.mlp_output_only_added(layout)
         chunks = memory.mlp_chunks_wanted(memory.Shape.from_config(base.config)) if any(halves) else 1
         off = Offloader(n + sum(halves), min_bytes=min_bytes, keep_last=keep_last)
         slot = 0
-        for layer, halved in zip(chosen, halves):
+        for layer, halved, whole_known in zip(chosen, halves, known):
             if halved:
                 tokenwise = _tokenwise(layer_blocks.mlp_block_modules(layer, layout), chunks, min_chunk_rows)
                 layer_blocks.install(layer, layout, _LayerCheckpoint(off, slot),
-                                     _LayerCheckpoint(off, slot + 1, tokenwise))
+                                     _LayerCheckpoint(off, slot + 1, tokenwise, mlp_output_unused=unused))
             else:
-                layer._gradient_checkpointing_func = _LayerCheckpoint(off, slot)
+                layer._gradient_checkpointing_func = _LayerCheckpoint(
+                    off, slot, mlp=layer.mlp if whole_known else None, mlp_output_unused=whole_known and unused)
             slot += 1 + halved
         _OFFLOADERS[base] = off
     return n
@@ -163,8 +166,10 @@ class Offloader:
         x.record_stream(side)
         return host, lease, fill
 
-    def restore(self, slot: int, host: torch.Tensor, fill: int | None, device: torch.device) -> torch.Tensor:
-        """A fresh tensor on `device` with the contents of `host`."""
+    def restore(self, slot: int, host: torch.Tensor, fill: int | None, device: torch.device,
+                prefetch: bool = True) -> torch.Tensor:
+        """A fresh tensor on `device` with the contents of `host`; with `prefetch`, the previous slot's copy
+        starts now (else the caller starts it with `prefetch_before`)."""
         if fill is not None and self._fills.get(slot) != fill:
             raise RuntimeError(f"offloaded input of checkpointed layer {slot} was overwritten by a later forward "
                                "before this backward (backward twice through one graph after a new forward?)")
@@ -177,7 +182,8 @@ class Offloader:
         else:
             x, event = self._copy_in(host, device)
         cur.wait_event(event)
-        self.prefetch_before(slot, device)
+        if prefetch:
+            self.prefetch_before(slot, device)
         return x
 
     def prefetch_before(self, slot: int, device: torch.device) -> None:
@@ -230,11 +236,10 @@ def _autocast_state(device_type: str) -> list[tuple[str, dict]]:
 class _OffloadedCheckpoint(torch.autograd.Function):
     # `_grad_anchor` requires grad so that this node is always recorded: otherwise a layer whose inputs do not
     # require grad (no enable_input_require_grads) would silently give its LoRA weights no gradient.
-    # `tokenwise` (a Tokenwise, or None): the function treats each token on its own, so the backward may
-    # recompute it one token chunk at a time.
     @staticmethod
-    def forward(ctx, off: Offloader, slot: int, function, tokenwise, _grad_anchor, *args):
-        ctx.off, ctx.slot, ctx.function, ctx.tokenwise = off, slot, function, tokenwise
+    def forward(ctx, ckpt: _LayerCheckpoint, function, _grad_anchor, *args):
+        off, slot = ckpt.off, ckpt.slot
+        ctx.ckpt, ctx.function = ckpt, function
         device_type = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
         ctx.autocast = _autocast_state(device_type)
         ctx.rng = _RngState(args)
@@ -251,39 +256,99 @@ class _OffloadedCheckpoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grad_outputs):
+        ckpt = ctx.ckpt
+        # a whole layer of a known layout starts the previous slot's copy once its MLP's backward (the layer's
+        # peak) is over: the copy then overlaps the attention's backward and is not alive at the peak
+        deferred = ckpt.mlp is not None
         saved = iter(ctx.saved_tensors)
         inputs = []
         for i, (a, is_tensor) in enumerate(zip(ctx.non_tensors, ctx.is_tensor)):
             if i == 0 and ctx.offloaded:
-                x = ctx.off.restore(ctx.slot, ctx.host, ctx.fill, ctx.x_device)
+                x = ckpt.off.restore(ckpt.slot, ctx.host, ctx.fill, ctx.x_device, prefetch=not deferred)
                 ctx.lease = None  # the buffer may now take the next forward of this layer
                 inputs.append(x.requires_grad_(ctx.x_requires_grad))
             elif is_tensor:
                 t = next(saved)
-                if i == 0:  # kept on the GPU (the last slot, or small): still start the previous slot's copy
-                    ctx.off.prefetch_before(ctx.slot, t.device)
+                if i == 0 and not deferred:  # kept on the GPU (the last slot, or small): still start the copy
+                    ckpt.off.prefetch_before(ckpt.slot, t.device)
                 inputs.append(t.detach().requires_grad_(t.requires_grad))
             else:
                 inputs.append(a)
-        if ctx.tokenwise is not None and len(inputs) == 1 and grad_outputs[0] is not None:
-            return (None,) * 5 + (_tokenwise_backward(ctx, inputs[0], grad_outputs[0]),)
-        with _replay(ctx):
+        if ckpt.tokenwise is not None and len(inputs) == 1 and grad_outputs[0] is not None:
+            return (None,) * 3 + (_tokenwise_backward(ctx, inputs[0], grad_outputs[0]),)
+        prefetch = _PrefetchAfterMlp(ckpt, inputs[0].device) if deferred and ctx.is_tensor[:1] == [True] else None
+        with _replay(ctx), _saved_storages() as kept, prefetch.armed() if prefetch else contextlib.nullcontext():
             outputs = ctx.function(*inputs)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         pairs = [(o, g) for o, g in zip(outputs, grad_outputs)
                  if isinstance(o, torch.Tensor) and o.requires_grad and g is not None]
+        _free_unread(outputs, kept, inputs)
         if pairs:
             torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        if prefetch is not None:
+            prefetch.start()  # the MLP's input had no gradient to wait for
         grads = tuple(a.grad if isinstance(a, torch.Tensor) and a.requires_grad else None for a in inputs)
-        return (None,) * 5 + grads
+        return (None,) * 3 + grads
+
+
+class _PrefetchAfterMlp:
+    """Starts the copy of the previous slot's input when the layer's MLP input gets its gradient."""
+
+    def __init__(self, ckpt: _LayerCheckpoint, device: torch.device):
+        self.ckpt, self.device, self.started = ckpt, device, False
+
+    def start(self, *_):
+        if not self.started:
+            self.started = True
+            self.ckpt.off.prefetch_before(self.ckpt.slot, self.device)
+
+    @contextlib.contextmanager
+    def armed(self):
+        def on_forward(module, args, output):
+            if args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+                args[0].register_hook(self.start)
+
+        handle = self.ckpt.mlp.register_forward_hook(on_forward)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _saved_storages():
+    """Yields the set of storages (data pointers) of the tensors saved for backward inside."""
+    kept: set[int] = set()
+
+    def pack(t):
+        kept.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield kept
+
+
+def _free_unread(outputs, kept: set, inputs) -> None:
+    """Free the memory of recomputed outputs that no backward reads (not saved, not an input's storage): the
+    backward through them needs only their grad_fn. A decoder layer's output is a hidden state, as big as the
+    offloaded input, and would otherwise sit through the layer's backward."""
+    keep = kept | {a.untyped_storage().data_ptr() for a in inputs if isinstance(a, torch.Tensor)}
+    for o in outputs:
+        if isinstance(o, torch.Tensor) and o.requires_grad and o.untyped_storage().data_ptr() not in keep:
+            o.untyped_storage().resize_(0)
 
 
 @contextlib.contextmanager
 def _replay(ctx):
-    """The forward's RNG state and autocast settings, with grad on: the recompute sees what the forward saw."""
+    """The forward's RNG state and autocast settings, with grad on: the recompute sees what the forward saw.
+    Where the layer's MLP output only enters the residual add, the fused LoRA MLP skips making it."""
     with ctx.rng.restored(), torch.enable_grad(), contextlib.ExitStack() as stack:
         for device_type, kwargs in ctx.autocast:
             stack.enter_context(torch.autocast(device_type, **kwargs))
+        if ctx.ckpt.mlp_output_unused:
+            from ftcli.kernels import lora_mlp
+
+            stack.enter_context(lora_mlp.output_unused())
         yield
 
 
@@ -302,11 +367,12 @@ class Tokenwise:
 
 def _tokenwise_backward(ctx, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """Recompute and backpropagate `ctx.function` chunk by chunk over the tokens; returns dx."""
-    params = [p for p in ctx.tokenwise.params if p.requires_grad]
+    tokenwise = ctx.ckpt.tokenwise
+    params = [p for p in tokenwise.params if p.requires_grad]
     shape = x.shape
     # all tokens in one row, so that each chunk is contiguous whatever the batch size
     x, grad = x.detach().reshape(1, -1, shape[-1]), grad.reshape(1, -1, shape[-1])
-    chunks = memory.token_chunks(ctx.tokenwise.chunks, x.shape[1], ctx.tokenwise.min_rows)
+    chunks = memory.token_chunks(tokenwise.chunks, x.shape[1], tokenwise.min_rows)
     dx = torch.empty_like(x)
     dparams: list = [None] * len(params)
     start = 0
@@ -328,13 +394,19 @@ def _tokenwise_backward(ctx, x: torch.Tensor, grad: torch.Tensor) -> torch.Tenso
 
 
 class _LayerCheckpoint:
-    """A layer's `_gradient_checkpointing_func`: `(function, *args)`; other keyword arguments are ignored."""
+    """A layer's `_gradient_checkpointing_func`: `(function, *args)`; other keyword arguments are ignored.
 
-    def __init__(self, off: Offloader, slot: int, tokenwise: Tokenwise | None = None):
+    `tokenwise`: the block may recompute in token chunks. `mlp`: the layer's MLP module, whose input gradient
+    marks the end of the MLP's backward (when the previous slot's copy starts). `mlp_output_unused`: the MLP's
+    output only enters the residual add, so the recompute need not make it."""
+
+    def __init__(self, off: Offloader, slot: int, tokenwise: Tokenwise | None = None, *, mlp=None,
+                 mlp_output_unused: bool = False):
         self.off, self.slot, self.tokenwise = off, slot, tokenwise
+        self.mlp, self.mlp_output_unused = mlp, mlp_output_unused
 
     def __call__(self, function, *args, **_ignored):
         if not torch.is_grad_enabled():  # transformers 5.17 comes here under no_grad too: nothing to save
             return function(*args)
         anchor = torch.empty(0, requires_grad=True)
-        return _OffloadedCheckpoint.apply(self.off, self.slot, function, self.tokenwise, anchor, *args)
+        return _OffloadedCheckpoint.apply(self, function, anchor, *args)

@@ -7,17 +7,50 @@ for the only thing that needs it, the down adapter's dA = s dYB^T h. That is one
 less per token and layer (224 MiB at 8192 tokens on the Llama-3.1-8B shape), which is what lets
 `train.memory: fast` keep more layers' activations and `lean` recompute a smaller layer.
 
+h, and in backward its gradient dH, exist only CHUNK_ROWS rows at a time: the product is made, used
+by the down projection (forward) or by dA and dH -> de, dg (backward), and dropped chunk by chunk, so
+beside e and g at most a chunk's ffn-sized temporary is alive (on the Qwen3-8B shape at 8192 tokens,
+48 MiB instead of 192). The gate and up input gradients then run whole, on full-height GEMMs.
+
+Under `output_unused()` (a checkpoint's recompute whose caller only backpropagates through the
+output) the forward skips the down projection, a quarter of a Llama-style layer's GEMM work, and
+returns zeros of the output's shape: the backward needs e, g and X A_down^T, never Y.
+
 The projections' products are the same cuBLAS calls as lora_linear.py (same precision rules,
 fp32 adapters included); the two input gradients of gate and up accumulate into one buffer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
 from ._triton import LAUNCHES
 from .lora_linear import _base_weight, adapter_grads, add_input_grad, lora_out, lowrank_grad_in, lowrank_in
 from .swiglu import launch_bwd, launch_fwd
+
+CHUNK_ROWS = 2048  # rows of h / dH made at a time; 2048 x 4096 x 14336 GEMMs still run at full speed on an H200
+
+_OUTPUT_UNUSED = contextvars.ContextVar("ftcli_lora_mlp_output_unused", default=False)
+
+
+@contextlib.contextmanager
+def output_unused():
+    """Inside, lora_mlp returns zeros instead of its output (and skips the down projection); its backward is
+    unchanged. Only for a caller that never reads the output's values, e.g. a recompute where the MLP output
+    only enters a residual add whose result is backpropagated through and dropped."""
+    token = _OUTPUT_UNUSED.set(True)
+    try:
+        yield
+    finally:
+        _OUTPUT_UNUSED.reset(token)
+
+
+def _row_chunks(rows: int) -> list[slice]:
+    step = max(1, CHUNK_ROWS)
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)] or [slice(0, 0)]
 
 
 class LoRAMLPFunction(torch.autograd.Function):
@@ -30,11 +63,22 @@ class LoRAMLPFunction(torch.autograd.Function):
         xa_g, xa_u = lowrank_in(x2, ag), lowrank_in(x2, au)
         e = lora_out(x2, _base_weight(wg, qg, x.dtype), xa_g, bg, sg)
         g = lora_out(x2, _base_weight(wu, qu, x.dtype), xa_u, bu, su)
-        h = launch_fwd(fwd, e, g)
-        xa_d = lowrank_in(h, ad)
-        y = lora_out(h, _base_weight(wd, qd, x.dtype), xa_d, bd, sd)
+        skip_output = _OUTPUT_UNUSED.get()
+        wd_full = None if skip_output else _base_weight(wd, qd, x.dtype)
+        y = None if skip_output else x2.new_empty(x2.shape[0], wd_full.shape[0])
+        xa_parts = []
+        for rows in _row_chunks(x2.shape[0]):
+            h = launch_fwd(fwd, e[rows], g[rows])
+            xa_parts.append(lowrank_in(h, ad))
+            if y is not None:
+                torch.mm(h, wd_full.t(), out=y[rows])
+                y[rows].addmm_(xa_parts[-1].to(x.dtype), bd.to(x.dtype).t(), alpha=sd)
+            del h
+        xa_d = xa_parts[0] if len(xa_parts) == 1 else torch.cat(xa_parts)
         ctx.save_for_backward(x2, e, g, xa_g, xa_u, xa_d, wg, ag, bg, wu, au, bu, wd, ad, bd)
         ctx.act, ctx.scalings, ctx.quant, ctx.shape = act, (sg, su, sd), (qg, qu, qd), shape
+        if y is None:  # nothing reads it: zeros that take no memory
+            return x2.new_zeros(()).expand(*shape[:-1], bd.shape[0])
         return y.view(*shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -43,18 +87,22 @@ class LoRAMLPFunction(torch.autograd.Function):
         (sg, su, sd), (qg, qu, qd), (fwd, bwd) = ctx.scalings, ctx.quant, ctx.act
         dt = x2.dtype
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dt)
-        # down: its adapter needs h, recomputed from e and g and dropped before dH = dY Wd + s dYB Ad
-        # exists, so that at most three ffn-sized tensors are alive at once
         dyb_d = lowrank_grad_in(dy2, bd)
-        h = launch_fwd(fwd, e, g)
-        da_d, db_d = adapter_grads(dy2, h, xa_d, dyb_d, ad, bd, sd)
-        del h
-        dh = add_input_grad(None, dy2, _base_weight(wd, qd, dt), dyb_d, ad, sd)
-        # e and g are dead after this: their gradients overwrite them (a second backward through this graph
-        # fails autograd's saved-tensor version check instead of computing garbage)
-        launch_bwd(bwd, dh, e, g, e, g)
+        _, db_d = adapter_grads(dy2, x2, xa_d, dyb_d, ad, bd, sd, need_da=False)
+        wd_full = _base_weight(wd, qd, dt)
+        # down, chunk by chunk: its adapter needs h (recomputed from e and g), its input gradient dH turns into
+        # de, dg at once. e and g are dead after this: their gradients overwrite them (a second backward through
+        # this graph fails autograd's saved-tensor version check instead of computing garbage)
+        da_d = None
+        for rows in _row_chunks(x2.shape[0]):
+            h = launch_fwd(fwd, e[rows], g[rows])
+            da, _ = adapter_grads(dy2[rows], h, None, dyb_d[rows], ad, bd, sd, need_db=False)
+            da_d = da if da_d is None else da_d.add_(da)
+            del h
+            dh = add_input_grad(None, dy2[rows], wd_full, dyb_d[rows], ad, sd)
+            launch_bwd(bwd, dh, e[rows], g[rows], e[rows], g[rows])
+            del dh
         de, dg = e, g
-        del dh
         # gate and up share X: their input gradients accumulate into one buffer
         dyb_g, dyb_u = lowrank_grad_in(de, bg), lowrank_grad_in(dg, bu)
         dx = add_input_grad(None, de, _base_weight(wg, qg, dt), dyb_g, ag, sg)

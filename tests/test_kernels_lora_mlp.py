@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from test_kernels_util import assert_close, close, interpret, launched  # noqa: F401 (fixture)
 
+from ftcli.kernels import lora_mlp as lora_mlp_module
 from ftcli.kernels.lora_mlp import lora_mlp, lora_mlp_reference
 
 H, F, R = 24, 40, 4  # odd sizes, F not a power of two
@@ -38,11 +41,14 @@ def _run(fn, activation, x, gate, up, down, dy):
 NAMES = ("y", "dx", "dA_gate", "dB_gate", "dA_up", "dB_up", "dA_down", "dB_down")
 
 
+@pytest.mark.parametrize("chunk_rows", [2048, 5], ids=["one-chunk", "rows-in-chunks-of-5"])
 @pytest.mark.parametrize("activation", ["swiglu", "geglu"])
 @pytest.mark.parametrize("dtype,adapter_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
                                                  (torch.bfloat16, torch.float32)],
                          ids=["fp32", "bf16", "bf16+fp32-adapters"])
-def test_lora_mlp_matches_peft_and_saves_no_product(activation, dtype, adapter_dtype):
+def test_lora_mlp_matches_peft_and_saves_no_product(activation, dtype, adapter_dtype, chunk_rows, monkeypatch):
+    """21 rows: in chunks of 5 the last chunk is short (the product and its gradient are made chunk by chunk)."""
+    monkeypatch.setattr(lora_mlp_module, "CHUNK_ROWS", chunk_rows)
     x, gate, up, down, dy = _inputs(dtype, adapter_dtype)
     with launched(f"{activation}_fwd", f"{activation}_bwd", "lora_mlp"):
         ours, y = _run(lora_mlp, activation, x, gate, up, down, dy)
@@ -85,3 +91,27 @@ def test_lora_mlp_qlora_nf4_bases():
     ref, _ = _run(lora_mlp_reference, "swiglu", x, gate, up, down, dy)
     for got, exp, what in zip(ours, ref, NAMES):
         assert_close(got, exp, torch.float32, what)
+
+
+def test_output_unused_skips_the_down_projection_and_keeps_every_gradient(monkeypatch):
+    """What a checkpoint's recompute gets: zeros that take no memory, and the same backward (the MLP output
+    goes into a residual add, whose gradient does not depend on it)."""
+    monkeypatch.setattr(lora_mlp_module, "CHUNK_ROWS", 5)
+    x, gate, up, down, dy = _inputs(torch.float32, torch.float32, seed=4)
+    leaves = [x, gate[1], gate[2], up[1], up[2], down[1], down[2]]
+
+    def grads(unused: bool):
+        with lora_mlp_module.output_unused() if unused else contextlib.nullcontext():
+            y = lora_mlp(x, "swiglu", gate, up, down)
+        (x + y).backward(dy)
+        out = [t.grad.clone() for t in leaves]
+        for t in leaves:
+            t.grad = None
+        return y, out
+
+    y_skipped, skipped = grads(True)
+    y, full = grads(False)
+    assert y_skipped.shape == y.shape and y_skipped.stride() == (0, 0, 0) and not y_skipped.any()
+    assert y.abs().sum() > 0
+    for got, exp, what in zip(skipped, full, NAMES[1:]):
+        assert torch.equal(got, exp), what

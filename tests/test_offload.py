@@ -89,7 +89,7 @@ def test_default_keeps_small_inputs_and_last_layer(reference):
 
 def test_corrupted_restore_is_caught(reference, monkeypatch):
     restore = offload.Offloader.restore
-    monkeypatch.setattr(offload.Offloader, "restore", lambda self, *a: restore(self, *a) * 1.001)
+    monkeypatch.setattr(offload.Offloader, "restore", lambda self, *a, **kw: restore(self, *a, **kw) * 1.001)
     _, g = run("offload", min_bytes=0, keep_last=False)
     diff = max((g[k] - reference[1][k]).abs().max().item() for k in g)
     assert diff > 1e-6
@@ -187,3 +187,109 @@ def test_tuple_outputs_and_frozen_inputs():
 
     (w0, s0), (w1, s1) = grads(False), grads(True)
     assert torch.allclose(w0, w1, rtol=0, atol=1e-12) and torch.allclose(s0, s1, rtol=0, atol=1e-12)
+
+
+class Exp(GradientCheckpointingLayer):
+    """A layer whose output is saved by its own last op (exp's backward reads its result)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8, dtype=torch.float64)
+
+    def forward(self, x):
+        return self.lin(x).exp()
+
+
+def test_a_recomputed_output_is_freed_only_when_no_backward_reads_it(monkeypatch):
+    """The recompute frees the layer output's memory before its backward (only its grad_fn is needed there),
+    unless the output was saved for backward: exp's gradient is its own output."""
+    freed = []
+    free = offload._free_unread
+
+    def spy(outputs, kept, inputs):
+        free(outputs, kept, inputs)
+        freed.extend(o.untyped_storage().nbytes() == 0 for o in outputs if isinstance(o, torch.Tensor))
+
+    monkeypatch.setattr(offload, "_free_unread", spy)
+    model = setup("offload", min_bytes=0, keep_last=False)
+    step(model)
+    assert freed == [True] * N_LAYERS
+
+    def grads(checkpointed):
+        torch.manual_seed(0)
+        layer = Exp().train()
+        if checkpointed:
+            layer.gradient_checkpointing = True
+            layer._gradient_checkpointing_func = offload._LayerCheckpoint(offload.Offloader(2, min_bytes=0), 0)
+        x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+        layer(x).sum().backward()
+        return layer.lin.weight.grad, x.grad
+
+    freed.clear()
+    (w0, x0), (w1, x1) = grads(False), grads(True)
+    assert freed == [False]
+    assert torch.allclose(w0, w1, rtol=0, atol=1e-12) and torch.allclose(x0, x1, rtol=0, atol=1e-12)
+
+
+def test_the_previous_input_is_fetched_after_the_mlp_backward(monkeypatch):
+    """The copy of the previous layer's input starts when this layer's MLP backward is done (the layer's peak is
+    in it), before its attention backward; not when the layer's backward starts (before its recompute)."""
+    events = []
+    prefetch = offload.Offloader.prefetch_before
+
+    def spy(self, slot, device):
+        events.append(("prefetch", slot))
+        return prefetch(self, slot, device)
+
+    monkeypatch.setattr(offload.Offloader, "prefetch_before", spy)
+    model = setup("offload", min_bytes=0, keep_last=False)
+    for i, layer in enumerate(model.get_base_model().model.layers):
+        layer.mlp.register_full_backward_pre_hook(lambda *_, i=i: events.append(("mlp starts", i)))
+        layer.self_attn.register_full_backward_hook(lambda *_, i=i: events.append(("attention done", i)))
+    step(model)
+    backward = [("mlp starts", i) if k == 0 else ("prefetch", i) if k == 1 else ("attention done", i)
+                for i in reversed(range(N_LAYERS)) for k in range(3)]
+    assert events == backward
+
+
+@pytest.mark.parametrize("name,skips", [("tiny-llama3", True), ("tiny-qwen3", True), ("tiny-gemma3", False)])
+def test_whole_layer_recompute_with_the_triton_kernels(name, skips, monkeypatch):
+    """The GPU path, interpreted: Triton norm/RoPE and the fused LoRA MLP (its product made 5 rows at a time)
+    recomputed whole. Where the MLP output only enters the residual add (Llama, Qwen3) the recompute skips the
+    down projection; Gemma 3 normalises the MLP output first, so its recompute makes it."""
+    from test_kernels_util import launched
+
+    from ftcli import patch
+    from ftcli.builtin import builtin_path
+    from ftcli.kernels import lora_mlp
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(lora_mlp, "CHUNK_ROWS", 5)
+    skipped = []
+    unused = lora_mlp.output_unused
+
+    def counting():
+        skipped.append(True)
+        return unused()
+
+    monkeypatch.setattr(lora_mlp, "output_unused", counting)
+
+    def grads(checkpointed):
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_pretrained(builtin_path(f"builtin:{name}"), dtype=torch.float32)
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                                                 init_lora_weights=False))
+        assert patch.apply(model, "auto").impl == "triton"
+        if checkpointed:
+            offload.enable(model, offload=True, min_bytes=0, keep_last=False)
+        model.train()
+        ids = torch.randint(0, 250, (2, 13), generator=torch.Generator().manual_seed(1))
+        with launched("lora_mlp"):
+            model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    reference, got = grads(False), grads(True)
+    layers = transformers.AutoConfig.from_pretrained(builtin_path(f"builtin:{name}")).num_hidden_layers
+    assert len(skipped) == (layers if skips else 0)
+    for key, grad in reference.items():
+        torch.testing.assert_close(got[key], grad, rtol=1e-4, atol=1e-6, msg=key)
