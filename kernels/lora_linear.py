@@ -102,11 +102,17 @@ def _is_precise(adapter: torch.Tensor, activation_dtype: torch.dtype) -> bool:
     return adapter.dtype.itemsize > activation_dtype.itemsize
 
 
-def lowrank_in(x2: torch.Tensor, lora_a: torch.Tensor) -> torch.Tensor:
-    """XA = X A^T [rows, r]: in the adapter dtype when it is wider than X's."""
+def lowrank_operand(lora_a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A^T as `lowrank_in` multiplies by it (hi + lo pairs for a wider adapter): made once for many calls."""
+    return _hi_lo(lora_a, dtype, 0).t() if _is_precise(lora_a, dtype) else lora_a.to(dtype).t()
+
+
+def lowrank_in(x2: torch.Tensor, lora_a: torch.Tensor, a_operand: torch.Tensor | None = None) -> torch.Tensor:
+    """XA = X A^T [rows, r]: in the adapter dtype when it is wider than X's. `a_operand`: lowrank_operand's."""
+    op = lowrank_operand(lora_a, x2.dtype) if a_operand is None else a_operand
     if _is_precise(lora_a, x2.dtype):
-        return _fold(_mm_into(x2, _hi_lo(lora_a, x2.dtype, 0).t(), lora_a.dtype), 1)
-    return torch.mm(x2, lora_a.to(x2.dtype).t())
+        return _fold(_mm_into(x2, op, lora_a.dtype), 1)
+    return torch.mm(x2, op)
 
 
 def lora_out(x2, w, xa, lora_b, scaling, bias=None) -> torch.Tensor:
@@ -128,12 +134,23 @@ def add_input_grad(dx, dy2, w, dyb, lora_a, scaling) -> torch.Tensor:
     return dx.addmm_(dyb.to(dy2.dtype), lora_a.to(dy2.dtype), alpha=scaling)
 
 
+def dyb_operand(dyb: torch.Tensor, lora_a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """dYB as `lora_a_grad` multiplies by it (hi + lo pairs for a wider adapter): made once for many row chunks."""
+    return _hi_lo(dyb, dtype, 1) if _is_precise(lora_a, dtype) else dyb.to(dtype)
+
+
+def lora_a_grad(dyb_op: torch.Tensor, x2: torch.Tensor, lora_a: torch.Tensor) -> torch.Tensor:
+    """dYB^T X in the adapter's dtype, unscaled (dA = s dYB^T X); dyb_op from `dyb_operand`."""
+    if _is_precise(lora_a, x2.dtype):
+        return _fold(_mm_into(dyb_op.t(), x2, lora_a.dtype), 0)
+    return _mm_into(dyb_op.t(), x2, lora_a.dtype)
+
+
 def adapter_grads(dy2, x2, xa, dyb, lora_a, lora_b, scaling, need_da=True, need_db=True):
     """dA = s dYB^T X and dB = s dY^T XA in the adapters' dtypes (rank-r products first)."""
     dt, da, db = x2.dtype, None, None
     if need_da:
-        da = (_fold(_mm_into(_hi_lo(dyb, dt, 1).t(), x2, lora_a.dtype), 0) if _is_precise(lora_a, dt)
-              else _mm_into(dyb.to(dt).t(), x2, lora_a.dtype)).mul_(scaling)
+        da = lora_a_grad(dyb_operand(dyb, lora_a, dt), x2, lora_a).mul_(scaling)
     if need_db:
         db = (_fold(_mm_into(dy2.t(), _hi_lo(xa, dt, 1), lora_b.dtype), 1) if _is_precise(lora_b, dt)
               else _mm_into(dy2.t(), xa.to(dt), lora_b.dtype)).mul_(scaling)

@@ -10,7 +10,7 @@ less per token and layer (224 MiB at 8192 tokens on the Llama-3.1-8B shape), whi
 h, and in backward its gradient dH, exist only CHUNK_ROWS rows at a time: the product is made, used
 by the down projection (forward) or by dA and dH -> de, dg (backward), and dropped chunk by chunk, so
 beside e and g at most a chunk's ffn-sized temporary is alive (on the Qwen3-8B shape at 8192 tokens,
-48 MiB instead of 192). The gate and up input gradients then run whole, on full-height GEMMs.
+96 MiB instead of 192). The gate and up input gradients then run whole, on full-height GEMMs.
 
 Under `output_unused()` (a checkpoint's recompute whose caller only backpropagates through the
 output) the forward skips the down projection, a quarter of a Llama-style layer's GEMM work, and
@@ -28,10 +28,13 @@ import contextvars
 import torch
 
 from ._triton import LAUNCHES
-from .lora_linear import _base_weight, adapter_grads, add_input_grad, lora_out, lowrank_grad_in, lowrank_in
+from .lora_linear import (_base_weight, adapter_grads, add_input_grad, dyb_operand, lora_a_grad, lora_out,
+                          lowrank_grad_in, lowrank_in, lowrank_operand)
 from .swiglu import launch_bwd, launch_fwd
 
-CHUNK_ROWS = 2048  # rows of h / dH made at a time; 2048 x 4096 x 14336 GEMMs still run at full speed on an H200
+# rows of h / dH made at a time: two chunks at 8192 tokens. Four (2048 rows) saved another 0.25 of an ffn-sized
+# tensor but their extra launches cost Gemma-3-4B's smaller layers about 2% of the step on an H200
+CHUNK_ROWS = 4096
 
 _OUTPUT_UNUSED = contextvars.ContextVar("ftcli_lora_mlp_output_unused", default=False)
 
@@ -66,13 +69,14 @@ class LoRAMLPFunction(torch.autograd.Function):
         skip_output = _OUTPUT_UNUSED.get()
         wd_full = None if skip_output else _base_weight(wd, qd, x.dtype)
         y = None if skip_output else x2.new_empty(x2.shape[0], wd_full.shape[0])
+        ad_op, bd_t = lowrank_operand(ad, x.dtype), bd.to(x.dtype).t()  # made once for all row chunks
         xa_parts = []
         for rows in _row_chunks(x2.shape[0]):
             h = launch_fwd(fwd, e[rows], g[rows])
-            xa_parts.append(lowrank_in(h, ad))
-            if y is not None:
+            xa_parts.append(lowrank_in(h, ad, ad_op))
+            if y is not None:  # lora_out, written into this chunk's rows
                 torch.mm(h, wd_full.t(), out=y[rows])
-                y[rows].addmm_(xa_parts[-1].to(x.dtype), bd.to(x.dtype).t(), alpha=sd)
+                y[rows].addmm_(xa_parts[-1].to(x.dtype), bd_t, alpha=sd)
             del h
         xa_d = xa_parts[0] if len(xa_parts) == 1 else torch.cat(xa_parts)
         ctx.save_for_backward(x2, e, g, xa_g, xa_u, xa_d, wg, ag, bg, wu, au, bu, wd, ad, bd)
@@ -93,15 +97,17 @@ class LoRAMLPFunction(torch.autograd.Function):
         # down, chunk by chunk: its adapter needs h (recomputed from e and g), its input gradient dH turns into
         # de, dg at once. e and g are dead after this: their gradients overwrite them (a second backward through
         # this graph fails autograd's saved-tensor version check instead of computing garbage)
+        dyb_op, dyb_t, ad_t = dyb_operand(dyb_d, ad, dt), dyb_d.to(dt), ad.to(dt)  # made once for all row chunks
         da_d = None
         for rows in _row_chunks(x2.shape[0]):
             h = launch_fwd(fwd, e[rows], g[rows])
-            da, _ = adapter_grads(dy2[rows], h, None, dyb_d[rows], ad, bd, sd, need_db=False)
+            da = lora_a_grad(dyb_op[rows], h, ad)
             da_d = da if da_d is None else da_d.add_(da)
             del h
-            dh = add_input_grad(None, dy2[rows], wd_full, dyb_d[rows], ad, sd)
+            dh = torch.mm(dy2[rows], wd_full).addmm_(dyb_t[rows], ad_t, alpha=sd)  # add_input_grad, this chunk
             launch_bwd(bwd, dh, e[rows], g[rows], e[rows], g[rows])
             del dh
+        da_d.mul_(sd)
         de, dg = e, g
         # gate and up share X: their input gradients accumulate into one buffer
         dyb_g, dyb_u = lowrank_grad_in(de, bg), lowrank_grad_in(dg, bu)
