@@ -16,6 +16,7 @@ GiB = 1024**3
 WORKSPACE_BYTES = 0.5 * GiB      # cuBLAS workspace and allocator slack (the CUDA context is not counted)
 NF4_BYTES_PER_PARAM = 0.5 + 0.03  # 4-bit values, plus double-quantised absmax per 64-block
 LOSS_CHUNK_BYTES = 256 * 2**20   # logits of one chunk of the fused loss (kernels/fused_linear_ce.CHUNK_BYTES)
+LORA_MLP_CHUNK_ROWS = 2048       # rows of the fused LoRA MLP's product made at a time (kernels/lora_mlp.CHUNK_ROWS)
 MIN_CHUNK_ROWS = 1024            # a token chunk of a split MLP block's recompute has at least this many tokens
 HOST_FRACTION = 0.5              # of the host memory available to a process, what offloaded activations may pin
 
@@ -128,6 +129,13 @@ def mlp_backward_temporaries_per_token(shape: Shape, dtype_bytes: int) -> float:
     return (2 * shape.intermediate + shape.hidden) * dtype_bytes
 
 
+def fused_mlp_backward_temporaries_per_token(shape: Shape, dtype_bytes: int, tokens: int) -> float:
+    """The same with the fused LoRA MLP (kernels/lora_mlp.py): gate and up take their own gradients in place, so
+    beside them live the output's gradient, the input's, and one row chunk of the product or its gradient."""
+    chunk = min(1.0, LORA_MLP_CHUNK_ROWS / max(tokens, 1))
+    return (2 * shape.hidden + shape.intermediate * chunk) * dtype_bytes
+
+
 def block_backward_bytes_per_token(shape: Shape, dtype_bytes: int, fused_kernels: bool) -> tuple:
     """(attention, MLP): each block's activations plus its backward's temporaries, per token (attention's
     q/k/v and output gradients; the MLP's as above)."""
@@ -157,6 +165,9 @@ def recompute_peak_bytes(shape: Shape, tokens: int, dtype_bytes: int, fused_kern
     if split:
         return tokens * max(attention, mlp / token_chunks(mlp_chunks_wanted(shape), tokens))
     # whole: the attention's activations wait through the MLP's backward (its temporaries come later)
+    if fused_kernels:
+        return tokens * (sum(activation_bytes_per_token_block(shape, dtype_bytes, True))
+                         + fused_mlp_backward_temporaries_per_token(shape, dtype_bytes, tokens))
     return tokens * (activation_bytes_per_token_block(shape, dtype_bytes, fused_kernels)[0] + mlp)
 
 
@@ -188,7 +199,8 @@ def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_i
     # and one recomputed layer's (or, split, one block's) activations exist at a time in backward
     saved_inputs = 0 if offload else recomputed * tokens * shape.hidden * dtype_bytes
     kept = (shape.layers - recomputed) * per_layer
-    transient = tokens * mlp_backward_temporaries_per_token(shape, dtype_bytes)  # a kept layer's backward
+    transient = tokens * (fused_mlp_backward_temporaries_per_token(shape, dtype_bytes, tokens) if fused_kernels
+                          else mlp_backward_temporaries_per_token(shape, dtype_bytes))  # a kept layer's backward
     if fused_kernels:  # final norm output and its gradient, one chunk of logits and its softmax gradient
         chunk_rows = 1 << (max(1, LOSS_CHUNK_BYTES // (shape.vocab * dtype_bytes)).bit_length() - 1)
         loss_head = 2 * tokens * shape.hidden * dtype_bytes + 2 * min(tokens, chunk_rows) * shape.vocab * dtype_bytes

@@ -10,7 +10,7 @@ less per token and layer (224 MiB at 8192 tokens on the Llama-3.1-8B shape), whi
 h, and in backward its gradient dH, exist only CHUNK_ROWS rows at a time: the product is made, used
 by the down projection (forward) or by dA and dH -> de, dg (backward), and dropped chunk by chunk, so
 beside e and g at most a chunk's ffn-sized temporary is alive (on the Qwen3-8B shape at 8192 tokens,
-96 MiB instead of 192). The gate and up input gradients then run whole, on full-height GEMMs.
+48 MiB instead of 192). The gate and up input gradients then run whole, on full-height GEMMs.
 
 Under `output_unused()` (a checkpoint's recompute whose caller only backpropagates through the
 output) the forward skips the down projection, a quarter of a Llama-style layer's GEMM work, and
@@ -32,9 +32,9 @@ from .lora_linear import (_base_weight, adapter_grads, add_input_grad, dyb_opera
                           lowrank_grad_in, lowrank_in, lowrank_operand)
 from .swiglu import launch_bwd, launch_fwd
 
-# rows of h / dH made at a time: two chunks at 8192 tokens. Four (2048 rows) saved another 0.25 of an ffn-sized
-# tensor but their extra launches cost Gemma-3-4B's smaller layers about 2% of the step on an H200
-CHUNK_ROWS = 4096
+# rows of h / dH made at a time: four chunks at 8192 tokens, GEMMs of 2048 x 4096 x 12288 (Qwen3-8B) still run
+# at full speed on an H200 (docs/benchmarks.md, 2026-12-02 lean-recompute runs)
+CHUNK_ROWS = 2048
 
 _OUTPUT_UNUSED = contextvars.ContextVar("ftcli_lora_mlp_output_unused", default=False)
 

@@ -63,3 +63,18 @@ def test_advice_goes_one_preset_leaner(tmp_path):
     assert "train.memory: lean" in tips("fast") and "minimal" not in tips("fast")
     assert "train.memory: minimal" in tips("lean")
     assert "train.memory:" not in tips("minimal")  # already the leanest preset
+
+
+def test_the_estimate_prices_the_fused_mlp_chunks_it_runs():
+    """The estimator's chunk size is the kernel's, and on the bench shapes its lean estimate stays within 0..+6%
+    of the peak an H200 measured (2026-12-02, docs/benchmarks.md): never below, so the pre-flight check does
+    not let a run through that would not fit."""
+    from ftcli import bench
+    from ftcli.kernels import lora_mlp
+
+    assert memory.LORA_MLP_CHUNK_ROWS == lora_mlp.CHUNK_ROWS
+    measured = {"llama3-8b": 16.68, "qwen3-8b": 17.03, "gemma3-4b": 8.65}
+    for arch, peak in measured.items():
+        shape = memory.Shape.from_config(bench.make_config(arch))
+        estimate = memory.estimate(shape, batch=4, seq=2048, offload=True, fused_kernels=True).total / memory.GiB
+        assert peak <= estimate <= 1.06 * peak, (arch, estimate, peak)
