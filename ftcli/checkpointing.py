@@ -4,8 +4,9 @@
 lean (default): every layer recomputes; on a GPU its saved input goes to pinned CPU memory
   (ftcli/offload.py), so activations cost about one layer, whatever the depth.
 minimal: lean, with each layer recomputed as an attention and an MLP block (ftcli/layer_blocks.py), so
-  activations cost about one block. Measured on an H200 it saved 0.47-0.59 GiB on 4-8B shapes and cost
-  4-27% of the tokens/s (the extra host-side work per layer left the GPU idle), so it is not the default.
+  activations cost about one block. Measured on an H200 it saves 0.1-0.2 GiB against lean on 8B shapes
+  and costs 5-6% of the tokens/s (the extra host-side work per layer leaves the GPU idle), so it is not
+  the default.
 fast: recomputation is a +50% tax on the GEMM FLOPs of a LoRA step (research/kernels.md §1.2),
   so keep every layer's activations that fit in `train.memory_budget_gib` (default: 90% of the
   GPU memory free for the run) and recompute only the rest (their inputs offloaded, so that one
