@@ -317,7 +317,11 @@ class _PrefetchAfterMlp:
 
 @contextlib.contextmanager
 def _saved_storages():
-    """Yields the set of storages (data pointers) of the tensors saved for backward inside."""
+    """Yields the set of storages (data pointers) of the tensors saved for backward inside, or None where
+    saved-tensor hooks are switched off (then nothing is known to be unread)."""
+    if not torch._C._autograd._saved_tensors_hooks_is_enabled():
+        yield None
+        return
     kept: set[int] = set()
 
     def pack(t):
@@ -328,10 +332,12 @@ def _saved_storages():
         yield kept
 
 
-def _free_unread(outputs, kept: set, inputs) -> None:
+def _free_unread(outputs, kept: set | None, inputs) -> None:
     """Free the memory of recomputed outputs that no backward reads (not saved, not an input's storage): the
     backward through them needs only their grad_fn. A decoder layer's output is a hidden state, as big as the
     offloaded input, and would otherwise sit through the layer's backward."""
+    if kept is None:
+        return
     keep = kept | {a.untyped_storage().data_ptr() for a in inputs if isinstance(a, torch.Tensor)}
     for o in outputs:
         if isinstance(o, torch.Tensor) and o.requires_grad and o.untyped_storage().data_ptr() not in keep:

@@ -230,6 +230,13 @@ def test_a_recomputed_output_is_freed_only_when_no_backward_reads_it(monkeypatch
     assert freed == [False]
     assert torch.allclose(w0, w1, rtol=0, atol=1e-12) and torch.allclose(x0, x1, rtol=0, atol=1e-12)
 
+    # where something has switched saved-tensor hooks off, what backward reads is unknown: nothing is freed
+    freed.clear()
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.disable_saved_tensors_hooks("a caller's reason"):
+        step(model)
+    assert freed == [False] * N_LAYERS
+
 
 def test_the_previous_input_is_fetched_after_the_mlp_backward(monkeypatch):
     """The copy of the previous layer's input starts when this layer's MLP backward is done (the layer's peak is
