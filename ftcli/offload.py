@@ -3,7 +3,12 @@
 Plain checkpointing keeps one hidden state ([batch, seq, hidden]) per decoder layer on the GPU for the
 recomputation in backward; at long sequence lengths that is most of the activation memory. Here the
 layer input is copied to a pinned CPU buffer on a side CUDA stream during the forward (overlapping the
-layer's own compute) and copied back right before the layer is recomputed in backward.
+layer's own compute) and copied back during the backward of the layer after it, once that layer's MLP
+backward (where its peak is) is done, so the copy overlaps the attention backward.
+
+The recompute makes only what the backward reads: where the MLP output only enters the residual add, the
+fused LoRA MLP skips its down projection (kernels/lora_mlp.py `output_unused`), and the recomputed layer
+output, which no backward reads, is freed before the backward through it runs.
 
 transformers' `GradientCheckpointingLayer` calls `layer._gradient_checkpointing_func(partial(forward, **kwargs),
 *args)` when checkpointing is on (5.17: from `__call__`, even under no_grad; 5.24: from `forward`, only with
