@@ -115,9 +115,9 @@ def lowrank_in(x2: torch.Tensor, lora_a: torch.Tensor, a_operand: torch.Tensor |
     return torch.mm(x2, op)
 
 
-def lora_out(x2, w, xa, lora_b, scaling, bias=None) -> torch.Tensor:
-    """Y = X W^T (+ bias), then Y += s XA B^T in place."""
-    y = torch.mm(x2, w.t()) if bias is None else torch.addmm(bias.to(x2.dtype), x2, w.t())
+def lora_out(x2, w, xa, lora_b, scaling, bias=None, out=None) -> torch.Tensor:
+    """Y = X W^T (+ bias), then Y += s XA B^T in place; into `out` when given (rows of a bigger Y)."""
+    y = torch.mm(x2, w.t(), out=out) if bias is None else torch.addmm(bias.to(x2.dtype), x2, w.t(), out=out)
     return y.addmm_(xa.to(x2.dtype), lora_b.to(x2.dtype).t(), alpha=scaling)
 
 

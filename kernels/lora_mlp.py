@@ -69,14 +69,13 @@ class LoRAMLPFunction(torch.autograd.Function):
         skip_output = _OUTPUT_UNUSED.get()
         wd_full = None if skip_output else _base_weight(wd, qd, x.dtype)
         y = None if skip_output else x2.new_empty(x2.shape[0], wd_full.shape[0])
-        ad_op, bd_t = lowrank_operand(ad, x.dtype), bd.to(x.dtype).t()  # made once for all row chunks
+        ad_op = lowrank_operand(ad, x.dtype)  # made once for all row chunks
         xa_parts = []
         for rows in _row_chunks(x2.shape[0]):
             h = launch_fwd(fwd, e[rows], g[rows])
             xa_parts.append(lowrank_in(h, ad, ad_op))
-            if y is not None:  # lora_out, written into this chunk's rows
-                torch.mm(h, wd_full.t(), out=y[rows])
-                y[rows].addmm_(xa_parts[-1].to(x.dtype), bd_t, alpha=sd)
+            if y is not None:
+                lora_out(h, wd_full, xa_parts[-1], bd, sd, out=y[rows])
             del h
         xa_d = xa_parts[0] if len(xa_parts) == 1 else torch.cat(xa_parts)
         ctx.save_for_backward(x2, e, g, xa_g, xa_u, xa_d, wg, ag, bg, wu, au, bu, wd, ad, bd)
@@ -97,14 +96,14 @@ class LoRAMLPFunction(torch.autograd.Function):
         # down, chunk by chunk: its adapter needs h (recomputed from e and g), its input gradient dH turns into
         # de, dg at once. e and g are dead after this: their gradients overwrite them (a second backward through
         # this graph fails autograd's saved-tensor version check instead of computing garbage)
-        dyb_op, dyb_t, ad_t = dyb_operand(dyb_d, ad, dt), dyb_d.to(dt), ad.to(dt)  # made once for all row chunks
+        dyb_op = dyb_operand(dyb_d, ad, dt)  # made once for all row chunks
         da_d = None
         for rows in _row_chunks(x2.shape[0]):
             h = launch_fwd(fwd, e[rows], g[rows])
             da = lora_a_grad(dyb_op[rows], h, ad)
             da_d = da if da_d is None else da_d.add_(da)
             del h
-            dh = torch.mm(dy2[rows], wd_full).addmm_(dyb_t[rows], ad_t, alpha=sd)  # add_input_grad, this chunk
+            dh = add_input_grad(None, dy2[rows], wd_full, dyb_d[rows], ad, sd)
             launch_bwd(bwd, dh, e[rows], g[rows], e[rows], g[rows])
             del dh
         da_d.mul_(sd)
