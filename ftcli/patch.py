@@ -7,6 +7,9 @@
 What is replaced (per module instance, by binding a new `forward` on the instance):
   rms_norm         every <Family>RMSNorm (Gemma's in `(1 + w)` fp32 mode; q_norm/k_norm included)
   rope             every attention module: the same forward with our q+k RoPE
+  window_attention the decoder model (sliding-window models): tells the layers when the batch's rows are
+                   plain (one sequence each, right-padded at most); their sliding-window attention then
+                   runs as a windowed FlashAttention call with no mask (ftcli/window_attention.py, CUDA)
   swiglu / geglu   every MLP: down(act(gate(x)) * up(x)); Phi-3's fused gate_up_proj read in place. With
                    lora_linear too (Triton), LoRA gate/up/down run as one Function that recomputes
                    act(gate) * up in backward instead of saving it (kernels/lora_mlp.py)
@@ -38,11 +41,11 @@ from typing import Callable
 
 import torch
 
-from ftcli import causal_lm_head
+from ftcli import causal_lm_head, window_attention
 
 SUPPORTED = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
              "gemma3_text": "gemma3", "phi3": "phi3"}
-ALL_OPS = ("rms_norm", "rope", "swiglu", "geglu", "fused_linear_ce", "lora_linear")
+ALL_OPS = ("rms_norm", "rope", "window_attention", "swiglu", "geglu", "fused_linear_ce", "lora_linear")
 _MISSING = object()
 
 
@@ -133,6 +136,8 @@ def apply(model, ops="auto", log: Callable[[str], None] = lambda _: None, impl: 
                 _bind(report, "lora_linear", name, module, functools.partial(_lora_forward, fn=fns["lora_linear"]))
             else:
                 report.notices.append(f"lora_linear: {name} kept PEFT's forward (dropout, DoRA, bias or base type)")
+    if "window_attention" in requested and "rope" in requested and getattr(config, "sliding_window", None):
+        _patch_decoder(report, lm)
     if "fused_linear_ce" in requested:
         _patch_causal_lm(report, lm, fns)
     log(report.summary())
@@ -194,6 +199,15 @@ def _bind(report, op, name, module, fn, attr="forward"):
     return ours
 
 
+def _patch_decoder(report, lm) -> None:
+    """Bind `_decoder_forward` on the module that runs the decoder layers (sliding-window models only)."""
+    decoder = getattr(lm, "model", None)
+    if decoder is None or not hasattr(decoder, "layers") or getattr(decoder, "_ftcli_patched", None):
+        return
+    original = decoder.__dict__.get("forward") or types.MethodType(type(decoder).forward, decoder)
+    _bind(report, "window_attention", "model", decoder, functools.partial(_decoder_forward, original=original))
+
+
 def _activation(mlp) -> str | None:
     act = getattr(mlp, "act_fn", None) or getattr(mlp, "activation_fn", None)
     kind = type(act).__name__
@@ -242,10 +256,23 @@ def _attention_forward(self, hidden_states, position_embeddings=None, attention_
         kwargs["sliding_window"] = getattr(self.config, "sliding_window", None)
     elif family in ("qwen2", "qwen3", "gemma3"):
         kwargs["sliding_window"] = self.sliding_window
-    out, weights = interface(self, q, k, v, attention_mask, dropout=self.attention_dropout if self.training else 0.0,
-                             scaling=self.scaling, **kwargs)
+    window = kwargs.get("sliding_window") if kwargs.pop(window_attention.ROWS_KWARG, False) and cache is None else None
+    if window and q.shape[2] > window and window_attention.available(q, self):
+        out, weights = window_attention.attend(q, k, v, window=window, scale=self.scaling), None
+    else:
+        out, weights = interface(self, q, k, v, attention_mask,
+                                 dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling,
+                                 **kwargs)
     out = out.reshape(*input_shape, -1).contiguous()
     return self.o_proj(out), weights
+
+
+def _decoder_forward(self, *args, original, **kwargs):
+    """The decoder model's forward, telling its layers whether the rows are plain (ftcli/window_attention.py)."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    kwargs[window_attention.ROWS_KWARG] = not args and window_attention.plain_rows(
+        kwargs.get("attention_mask"), kwargs.get("position_ids"), cache)
+    return original(*args, **kwargs)
 
 
 def _mlp_forward(self, x, *, fn, act=None, fused=None):

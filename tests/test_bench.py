@@ -1,5 +1,8 @@
 """`ftcli bench` bookkeeping that does not need a GPU: FLOPs, shapes, the loss/grad check."""
 
+import gzip
+import json
+
 import pytest
 
 from ftcli import bench
@@ -50,9 +53,13 @@ def test_bench_plumbing_end_to_end_on_a_tiny_shape(tmp_path):
     results = []
     for mode in ("hf", "ftcli", "ftcli-fast"):
         spec = dict(arch="tiny-llama", mode=mode, folder=str(folder), seq=32, batch=2, steps=3, r=4, gc=True,
-                    budget_gib=0.5)
+                    budget_gib=0.5, profile=str(tmp_path / "prof" / f"{mode}.txt") if mode == "ftcli" else None)
         results.append(bench.run_in_subprocess(spec, timeout=600))
     hf, ours, fast = results
+    # --profile: the ops table, and the timeline for Perfetto
+    assert "Self CPU" in (tmp_path / "prof" / "ftcli.txt").read_text()
+    with gzip.open(tmp_path / "prof" / "ftcli.trace.json.gz") as trace:
+        assert any(e.get("name") in ("aten::mm", "aten::addmm") for e in json.load(trace)["traceEvents"])
     assert hf.ok and ours.ok and fast.ok, (hf.error, ours.error, fast.error)
     assert hf.trainable_params == ours.trainable_params > 0
     assert len(hf.step_times) == 3 and hf.tokens_per_second > 0

@@ -139,6 +139,34 @@ def test_fused_linear_cross_entropy_never_materialises_the_logits():
     assert extra < 0.5 * full_logits
 
 
+def test_window_attention_real_shape():
+    """Gemma-3-4B's local layers (8/4 heads, D=256) with a 512 window: the windowed FlashAttention call
+    against transformers' masked SDPA, both against the fp32 truth."""
+    import torch.nn.functional as F
+
+    from ftcli import window_attention
+
+    torch.manual_seed(0)
+    b, t, window, scale = 2, 2048, 512, 256**-0.5
+    q = torch.randn(b, t, 8, 256, device=DEV, dtype=torch.bfloat16).transpose(1, 2)
+    k, v = (torch.randn(b, t, 4, 256, device=DEV, dtype=torch.bfloat16).transpose(1, 2) for _ in range(2))
+    i = torch.arange(t, device=DEV)
+    mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
+
+    def masked(q_, k_, v_):
+        k_, v_ = (x.repeat_interleave(2, dim=1) for x in (k_, v_))
+        return F.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask, scale=scale).transpose(1, 2)
+
+    before = window_attention.CALLS["window"]
+    ours, ours_g = grads(lambda *x: window_attention.attend(*x, window=window, scale=scale), q, k, v)
+    assert window_attention.CALLS["window"] == before + 1
+    ref, ref_g = grads(masked, q, k, v)
+    truth, truth_g = grads(masked, q.float(), k.float(), v.float())
+    check_against_truth("window attention out", ours[0], ref[0], truth[0])
+    for name, a, r, tr in zip("qkv", ours_g, ref_g, truth_g):
+        check_against_truth(f"window attention d{name}", a, r, tr)
+
+
 def test_lora_linear_real_shape():
     from ftcli.kernels import lora_linear as op
 
@@ -189,7 +217,7 @@ def lora_loss_and_grads(config, patched: bool):
     ids = torch.randint(0, config.vocab_size, (2, 1024), generator=torch.Generator().manual_seed(2)).to(DEV)
     labels = ids.clone()
     labels[:, :100] = -100
-    out = model(input_ids=ids, labels=labels)
+    out = model(input_ids=ids, labels=labels, use_cache=False)  # training runs without a KV cache
     out.loss.backward()
     g = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.loss.item(), g, report
@@ -201,9 +229,14 @@ def test_patched_model_matches_unpatched(arch):
 
     class_name, kwargs = ARCHS[arch]
     config = getattr(transformers, class_name)(num_hidden_layers=2, max_position_embeddings=4096, **kwargs)
+    from ftcli import window_attention
+
     base_loss, base_g, _ = lora_loss_and_grads(config, patched=False)
+    windowed = window_attention.CALLS["window"]
     loss, g, report = lora_loss_and_grads(config, patched=True)
     assert report.impl == "triton" and report.replaced.get("rms_norm")
+    if arch == "gemma3":  # its local layer ran as a windowed FlashAttention call, without the mask
+        assert window_attention.CALLS["window"] == windowed + 1
     cos = torch.nn.functional.cosine_similarity(
         torch.cat([g[n].flatten() for n in base_g]), torch.cat([base_g[n].flatten() for n in base_g]), dim=0)
     norm_ratio = torch.cat([g[n].flatten() for n in base_g]).norm() / torch.cat([v.flatten() for v in base_g.values()]).norm()
