@@ -55,7 +55,7 @@ def _targets(labels: torch.Tensor) -> int:
 def _loss(model, batch: dict, num_items: int | None = None) -> float:
     kwargs = {"num_items_in_batch": torch.tensor(num_items, device=batch["input_ids"].device)} if num_items else {}
     with torch.no_grad():
-        return float(model(**batch, **kwargs).loss.double())
+        return float(model(**batch, **kwargs, use_cache=False).loss.double())  # as in training: no KV cache
 
 
 def ga_check(model, samples: list[dict], pad_id: int, ga: int, tol: float) -> Finding:
@@ -91,10 +91,10 @@ def packing_check(model, samples: list[dict], pad_id: int, tol: float, packing_o
               "position_ids": torch.tensor([positions], device=device)}
     impl = getattr(model.config, "_attn_implementation", "?")
     if "flash" not in str(impl):  # the block-diagonal mask ftcli's SFT stage adds for packed rows
-        from ftcli.stages.sft import BlockDiagonalPacking
+        from ftcli.stages.sft import BlockDiagonalPacking, has_sliding_window
 
         row = dict(packed)
-        packed = BlockDiagonalPacking(lambda _examples: row)(None)
+        packed = BlockDiagonalPacking(lambda _examples: row, sliding=has_sliding_window(model))(None)
     try:
         got = _loss(model, packed)
     except Exception as err:  # noqa: BLE001
