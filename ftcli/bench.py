@@ -243,9 +243,6 @@ def run_mode(arch: str, mode: str, folder: Path, seq: int, batch: int, steps: in
 def _profile_step(model, optimizer, ids, path: Path) -> None:
     """One more step under torch.profiler; writes its ops table, sorted by GPU time, to `path`, and its
     timeline (chrome://tracing or Perfetto) gzipped beside it."""
-    import gzip
-    import shutil
-
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -261,11 +258,7 @@ def _profile_step(model, optimizer, ids, path: Path) -> None:
     path.write_text(_gpu_busy_line(prof) + table.table(sort_by=sort, row_limit=60, max_name_column_width=70)
                     + "\nBy self CPU time (host-side stalls: synchronisations, launches):\n"
                     + table.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
-    trace = path.with_suffix(".trace.json")
-    prof.export_chrome_trace(str(trace))
-    with open(trace, "rb") as raw, gzip.open(f"{trace}.gz", "wb") as packed:
-        shutil.copyfileobj(raw, packed)
-    trace.unlink()
+    prof.export_chrome_trace(str(path.with_suffix(".trace.json.gz")))  # the profiler gzips by the suffix
 
 
 def covered(spans: list[tuple[float, float]]) -> float:

@@ -17,6 +17,7 @@ forward from the model's own inputs; everything else (left padding, packed rows,
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -41,6 +42,7 @@ def plain_rows(attention_mask, position_ids, cache) -> bool:
     return bool(torch.stack(checks).all()) if checks else True  # one sync for all checks
 
 
+@functools.cache  # asked by every sliding layer's call: look it up once
 def _varlen():
     """PyTorch's variable-length FlashAttention where it takes a window (torch >= 2.11), else None."""
     try:
@@ -74,10 +76,15 @@ def attend(q, k, v, *, window: int, scale: float, kernel=None) -> torch.Tensor:
     starts = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=q.device)
     extra = {}
     if kv_heads != heads:
-        if "enable_gqa" in inspect.signature(kernel).parameters:
+        if _takes_gqa(kernel):
             extra["enable_gqa"] = True
         else:  # an older varlen_attn: give k/v the query heads
             k, v = (t.repeat_interleave(heads // kv_heads, dim=1) for t in (k, v))
     out = kernel(q, k, v, starts, starts, length, length, scale=scale, window_size=(window - 1, 0), **extra)
     CALLS["window"] += 1
     return out.view(batch, length, heads, dim)
+
+
+@functools.cache
+def _takes_gqa(kernel) -> bool:
+    return "enable_gqa" in inspect.signature(kernel).parameters
