@@ -8,74 +8,33 @@ One module per op; each has Triton forward and backward kernels behind a
     swiglu, geglu    swiglu(gate, up) / geglu(gate, up) (Gemma's tanh GELU)
     fused_linear_ce  fused_linear_cross_entropy (lm_head + CE, chunked) and selected_logprobs
     lora_linear      lora_linear (base matmul + low-rank path in one Function on cuBLAS; QLoRA dequant)
-    lora_mlp         lora_mlp (LoRA gate/up/down + SwiGLU/GeGLU in one Function; used by ftcli.patch
+    lora_mlp         lora_mlp (LoRA gate/up/down + SwiGLU/GeGLU in one Function; used by ftcli.engine.patch
                      with lora_linear and an activation op, not an op of its own)
 
-`OPS` is the registry `ftcli.patch` reads; `triton_runnable()` says whether Triton can run here.
+`OPS` is the registry `ftcli.engine.patch` reads; `triton_runnable()` says whether Triton can run here.
 """
 
-from __future__ import annotations
+if __name__ == __spec__.name and __name__.endswith("ftcli.kernels"):
+    from ._triton import LAUNCHES, interpreting, triton_importable, triton_runnable
+    from .registry import OPS, Op, op
 
-import importlib
-from dataclasses import dataclass
-from typing import Callable
+    __all__ = ["OPS", "Op", "LAUNCHES", "interpreting", "triton_importable", "triton_runnable", "op"]
+else:
+    # Imported as the top-level name `kernels`: Python runs from the repository root, so this folder sits on
+    # sys.path and shadows Hugging Face's `kernels` package (transformers probes for it). Hand the import over
+    # to that package where it is installed; otherwise look like what this folder is there, a shadow and not
+    # an installation (no __file__, no version), which transformers' probe reads as "not available".
+    import importlib.machinery as _machinery
+    import importlib.util as _util
+    import os as _os
+    import sys as _sys
 
-from ._triton import LAUNCHES, interpreting, triton_importable, triton_runnable
-
-__all__ = ["OPS", "Op", "LAUNCHES", "interpreting", "triton_importable", "triton_runnable", "op"]
-
-# op name -> (module, Triton entry point); the reference is "<entry point>_reference"
-_TABLE: dict[str, tuple[str, str]] = {
-    "rms_norm": ("rms_norm", "rms_norm"),
-    "rope": ("rope", "rope"),
-    "swiglu": ("swiglu", "swiglu"),
-    "geglu": ("geglu", "geglu"),
-    "fused_linear_ce": ("fused_linear_ce", "fused_linear_cross_entropy"),
-    "lora_linear": ("lora_linear", "lora_linear"),
-}
-
-
-@dataclass(frozen=True)
-class Op:
-    name: str
-    module: str
-    triton: Callable
-    reference: Callable
-
-
-def op(name: str) -> Op:
-    """The registry entry of one op (imports its module)."""
-    module_name, fn = _TABLE[name]
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    return Op(name, module.__name__, getattr(module, fn), getattr(module, fn + "_reference"))
-
-
-class _Registry(dict):
-    """`OPS[name]` -> Op, importing op modules on first use (keeps `import ftcli.kernels` light)."""
-
-    def __missing__(self, name: str) -> Op:
-        if name not in _TABLE:
-            raise KeyError(f"unknown kernel op {name!r}; known: {', '.join(_TABLE)}")
-        self[name] = entry = op(name)
-        return entry
-
-    def __iter__(self):
-        return iter(_TABLE)
-
-    def __len__(self):
-        return len(_TABLE)
-
-    def __contains__(self, name):
-        return name in _TABLE
-
-    def keys(self):
-        return list(_TABLE)
-
-    def items(self):
-        return [(n, self[n]) for n in _TABLE]
-
-    def values(self):
-        return [self[n] for n in _TABLE]
-
-
-OPS: dict[str, Op] = _Registry()
+    _here = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    _path = [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != _here]
+    _real = _machinery.PathFinder.find_spec(__name__, _path)
+    if _real is not None and _real.loader is not None:
+        _module = _util.module_from_spec(_real)
+        _sys.modules[__name__] = _module
+        _real.loader.exec_module(_module)
+    else:
+        __file__ = None

@@ -63,7 +63,7 @@ def dequantize(weight: torch.Tensor, quant_state, reuse: bool = True) -> torch.T
     return out
 
 
-def _base_weight(weight, quant_state, dtype):
+def base_weight(weight, quant_state, dtype):
     w = dequantize(weight, quant_state)
     return w if w.dtype == dtype else w.to(dtype)
 
@@ -163,7 +163,7 @@ class LoRALinearFunction(torch.autograd.Function):
         LAUNCHES["lora_linear"] += 1  # tests check that this Function ran (it has no Triton kernel of its own)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        w = _base_weight(weight, quant_state, x.dtype)
+        w = base_weight(weight, quant_state, x.dtype)
         xa = lowrank_in(x2, lora_a)
         y = lora_out(x2, w, xa, lora_b, scaling, bias)
         ctx.save_for_backward(x2, weight, lora_a, lora_b, xa, bias)
@@ -179,7 +179,7 @@ class LoRALinearFunction(torch.autograd.Function):
         dyb = lowrank_grad_in(dy2, lora_b)
         dx = dw = dbias = None
         if need_dx:
-            dx = add_input_grad(None, dy2, _base_weight(weight, ctx.quant_state, x2.dtype), dyb, lora_a, s)
+            dx = add_input_grad(None, dy2, base_weight(weight, ctx.quant_state, x2.dtype), dyb, lora_a, s)
             dx = dx.view(ctx.shape)
         da, db = adapter_grads(dy2, x2, xa, dyb, lora_a, lora_b, s, need_da, need_db)
         if need_dw:  # a trainable base weight (not LoRA's use): plain dW

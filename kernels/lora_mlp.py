@@ -28,7 +28,7 @@ import contextvars
 import torch
 
 from ._triton import LAUNCHES
-from .lora_linear import (_base_weight, adapter_grads, add_input_grad, dyb_operand, lora_a_grad, lora_out,
+from .lora_linear import (base_weight, adapter_grads, add_input_grad, dyb_operand, lora_a_grad, lora_out,
                           lowrank_grad_in, lowrank_in, lowrank_operand)
 from .swiglu import launch_bwd, launch_fwd
 
@@ -64,10 +64,10 @@ class LoRAMLPFunction(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         xa_g, xa_u = lowrank_in(x2, ag), lowrank_in(x2, au)
-        e = lora_out(x2, _base_weight(wg, qg, x.dtype), xa_g, bg, sg)
-        g = lora_out(x2, _base_weight(wu, qu, x.dtype), xa_u, bu, su)
+        e = lora_out(x2, base_weight(wg, qg, x.dtype), xa_g, bg, sg)
+        g = lora_out(x2, base_weight(wu, qu, x.dtype), xa_u, bu, su)
         skip_output = _OUTPUT_UNUSED.get()
-        wd_full = None if skip_output else _base_weight(wd, qd, x.dtype)
+        wd_full = None if skip_output else base_weight(wd, qd, x.dtype)
         y = None if skip_output else x2.new_empty(x2.shape[0], wd_full.shape[0])
         ad_op = lowrank_operand(ad, x.dtype)  # made once for all row chunks
         xa_parts = []
@@ -92,7 +92,7 @@ class LoRAMLPFunction(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1]).to(dt)
         dyb_d = lowrank_grad_in(dy2, bd)
         _, db_d = adapter_grads(dy2, x2, xa_d, dyb_d, ad, bd, sd, need_da=False)
-        wd_full = _base_weight(wd, qd, dt)
+        wd_full = base_weight(wd, qd, dt)
         # down, chunk by chunk: its adapter needs h (recomputed from e and g), its input gradient dH turns into
         # de, dg at once. e and g are dead after this: their gradients overwrite them (a second backward through
         # this graph fails autograd's saved-tensor version check instead of computing garbage)
@@ -110,8 +110,8 @@ class LoRAMLPFunction(torch.autograd.Function):
         de, dg = e, g
         # gate and up share X: their input gradients accumulate into one buffer
         dyb_g, dyb_u = lowrank_grad_in(de, bg), lowrank_grad_in(dg, bu)
-        dx = add_input_grad(None, de, _base_weight(wg, qg, dt), dyb_g, ag, sg)
-        dx = add_input_grad(dx, dg, _base_weight(wu, qu, dt), dyb_u, au, su)
+        dx = add_input_grad(None, de, base_weight(wg, qg, dt), dyb_g, ag, sg)
+        dx = add_input_grad(dx, dg, base_weight(wu, qu, dt), dyb_u, au, su)
         da_g, db_g = adapter_grads(de, x2, xa_g, dyb_g, ag, bg, sg)
         da_u, db_u = adapter_grads(dg, x2, xa_u, dyb_u, au, bu, su)
         return (dx.view(ctx.shape), None, None, da_g, db_g, None, None, None, da_u, db_u, None, None,

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ftcli import builtin, chat
+from ftcli.models import builtin
+from ftcli.data import templates
 
 FAMILY = {"tiny-llama3": "llama3", "tiny-gemma3": "gemma3", "tiny-qwen3": "qwen3", "tiny-phi3": "phi3",
           "tiny-mistral": "mistral"}
@@ -19,7 +20,7 @@ def builtin_dir(name: str) -> Path:
 
 
 def template_of(name: str):
-    return chat.load_family(FAMILY[name])
+    return templates.load_family(FAMILY[name])
 
 
 def write_manifest(root: Path, name: str, **model) -> None:

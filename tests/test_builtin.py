@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from ftcli import builtin, chat
-from ftcli.builtin import BUILTINS, BuiltinError, builtin_path, family_of, is_builtin
+from ftcli.models import builtin
+from ftcli.data import templates
+from ftcli.models.builtin import BUILTINS, BuiltinError, builtin_path, family_of, is_builtin
 
 # name: (class, family, tied embeddings, tokenizer adds BOS)
 EXPECT = {
@@ -71,7 +72,7 @@ def test_folder_layout(built, cache):
                   "tokenizer_config.json"):
             assert (path / f).is_file(), (name, f)
         tcfg = json.loads((path / "tokenizer_config.json").read_text())
-        assert tcfg["chat_template"] == chat.load_family(family_of(name)).source
+        assert tcfg["chat_template"] == templates.load_family(family_of(name)).source
     assert not [p for p in (cache / "builtin").iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
@@ -135,7 +136,7 @@ def test_tokenizer(name, built, loaded):
 @pytest.mark.parametrize("name", BUILTINS)
 def test_special_tokens_healthy(name, built, loaded):
     model, tok = loaded[name]
-    info = chat.family_info(family_of(name))
+    info = templates.family_info(family_of(name))
     tokens = {info["eos_token"], info["end_of_turn"], *info["special_tokens"], *info["stop_tokens"],
               *(info.get("added_tokens") or []), tok.pad_token, *([info["bos_token"]] if info["bos_token"] else [])}
     emb = model.get_input_embeddings().weight
@@ -151,7 +152,7 @@ def test_special_tokens_healthy(name, built, loaded):
     assert model.config.eos_token_id == gen.eos_token_id and gen.bos_token_id == tok.bos_token_id
     msgs = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "ANSWER: 4"}]
     ids = tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
-    if tok.bos_token_id is not None and "bos_token" in chat.load_family(family_of(name)).source:
+    if tok.bos_token_id is not None and "bos_token" in templates.load_family(family_of(name)).source:
         assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1  # exactly one BOS
     assert eot in ids
 

@@ -12,8 +12,8 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from ftcli import chat
-from ftcli.chat import FAMILIES, ChatTemplateError, encode, family_info, load_family, prompt_ids, render, resolve
+from ftcli.data import templates
+from ftcli.data.templates import FAMILIES, ChatTemplateError, encode, family_info, load_family, prompt_ids, render, resolve
 
 import support  # noqa: E402
 from support import fixtures_dir  # noqa: E402
@@ -113,13 +113,13 @@ def test_missing_fixtures_skip_locally_but_fail_in_ci(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("family", sorted(FIXTURE_OF))
 def test_template_bytes_equal_release(family):
-    ours = chat._template_dir().joinpath(f"{family}.jinja").read_bytes()
+    ours = templates._template_dir().joinpath(f"{family}.jinja").read_bytes()
     assert ours == (fixtures_dir() / "templates" / FIXTURE_OF[family]).read_bytes()
 
 
 @pytest.mark.parametrize("family", sorted(FIXTURE_OF))
 def test_render_parity_with_release(family):
-    real = chat.ChatTemplate("real", (fixtures_dir() / "templates" / FIXTURE_OF[family]).read_text(), None, ())
+    real = templates.ChatTemplate("real", (fixtures_dir() / "templates" / FIXTURE_OF[family]).read_text(), None, ())
     tok = make_tokenizer(family)
     for kind, messages in convs(family).items():
         gen = kind == "prompt"
@@ -207,7 +207,7 @@ def trained_runs(tok, ids, labels) -> list[str]:
     """Decoded text of each maximal run of trained tokens."""
     runs, cur = [], []
     for i, lab in zip(ids, labels):
-        if lab != chat.IGNORE_INDEX:
+        if lab != templates.IGNORE_INDEX:
             assert lab == i
             cur.append(i)
         elif cur:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ftcli import checkpointing, memory
+from ftcli.engine import checkpointing, memory, plan
 
 GiB = memory.GiB
 LLAMA_8B = memory.Shape(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, head_dim=128,
@@ -21,21 +21,21 @@ def train(memory_="lean", gc="auto", budget=None):
 
 
 def test_lean_recomputes_every_layer_and_offloads_on_a_gpu_only():
-    on_gpu = checkpointing.plan(train(), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB)
+    on_gpu = plan.decide(train(), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB)
     assert (on_gpu.recomputed, on_gpu.offload) == (32, True)
-    on_cpu = checkpointing.plan(train(), LLAMA_8B, KW, on_gpu=False, gpu_bytes=0)
+    on_cpu = plan.decide(train(), LLAMA_8B, KW, on_gpu=False, gpu_bytes=0)
     assert on_cpu.recomputed == 0  # no GPU memory to save
 
 
 def test_explicit_gradient_checkpointing_overrides_the_preset():
     for gc, expected in [(True, (32, False)), (False, (0, False)), ("offload", (32, True))]:
-        p = checkpointing.plan(train("fast", gc), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB)
+        p = plan.decide(train("fast", gc), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB)
         assert (p.recomputed, p.offload) == expected, gc
 
 
 def test_fast_keeps_as_many_layers_as_the_budget_allows():
     def fast(budget):
-        return checkpointing.plan(train("fast", budget=budget), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB)
+        return plan.decide(train("fast", budget=budget), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB)
 
     roomy, tight, capped = fast(None), fast(24.0), fast(31.3)
     assert roomy.recomputed == 0 and not roomy.offload  # 90% of 141 GiB holds every layer's activations
@@ -59,20 +59,20 @@ def test_minimal_splits_attention_and_mlp_where_the_layout_is_known():
     the split cost 4-27% of the tokens/s (docs/benchmarks.md)."""
     from transformers import AutoConfig, MixtralConfig
 
-    from ftcli.builtin import builtin_path
+    from ftcli.models.builtin import builtin_path
 
     qwen3 = memory.Shape.from_config(AutoConfig.from_pretrained(builtin_path("builtin:tiny-qwen3")))
     assert qwen3.splits_blocks and not memory.Shape.from_config(MixtralConfig()).splits_blocks
     split_8b = dataclasses.replace(LLAMA_8B, splits_blocks=True)
-    minimal = checkpointing.plan(train("minimal"), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB)
+    minimal = plan.decide(train("minimal"), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB)
     assert (minimal.recomputed, minimal.offload, minimal.split) == (32, True, True)
     assert "attention and MLP recomputed separately" in minimal.describe()
     for preset in ("lean", "fast"):
-        p = checkpointing.plan(train(preset, budget=24.0), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB)
+        p = plan.decide(train(preset, budget=24.0), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB)
         assert p.offload and not p.split, preset
-    assert not checkpointing.plan(train("minimal", gc=True), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB).split
-    assert not checkpointing.plan(train("minimal"), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB).split
-    fsdp = checkpointing.plan(train("minimal"), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB, sharded=True)
+    assert not plan.decide(train("minimal", gc=True), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB).split
+    assert not plan.decide(train("minimal"), LLAMA_8B, KW, on_gpu=True, gpu_bytes=141 * GiB).split
+    fsdp = plan.decide(train("minimal"), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB, sharded=True)
     assert fsdp.offload and not fsdp.split  # FSDP reshards between the two blocks' backwards
 
 
@@ -101,7 +101,7 @@ def test_offloading_fits_the_host_memory_it_may_pin():
     split_8b = dataclasses.replace(LLAMA_8B, splits_blocks=True)
 
     def lean(host_gib):
-        return checkpointing.plan(train("minimal"), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB,
+        return plan.decide(train("minimal"), split_8b, KW, on_gpu=True, gpu_bytes=141 * GiB,
                                   host_bytes=None if host_gib is None else host_gib * GiB)
 
     assert (lean(None).offload, lean(None).split) == (True, True)
@@ -112,7 +112,7 @@ def test_offloading_fits_the_host_memory_it_may_pin():
     no_room = lean(1.0)
     assert (no_room.offload, no_room.split, no_room.recomputed) == (False, False, 32)
     assert "inputs stay on the GPU: offloading needs 2.0 GiB" in no_room.describe()
-    assert memory.host_bytes_for_run() > 0  # read from /proc/meminfo on Linux
+    assert plan.host_bytes_for_run() > 0  # read from /proc/meminfo on Linux
 
 
 def _tiny_model():
@@ -138,8 +138,8 @@ def test_apply_switches_checkpointing_on_for_the_first_layers_only_and_grads_are
     ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
     reference = _grads(_tiny_model(), ids)
     model = _tiny_model()
-    plan = checkpointing.Plan(layers=4, recomputed=2, offload=False, reason="test")
-    assert checkpointing.apply(model, plan) == 2
+    two_of_four = plan.Plan(layers=4, recomputed=2, offload=False, reason="test")
+    assert checkpointing.apply(model, two_of_four) == 2
     flags = [layer.gradient_checkpointing for layer in checkpointing.decoder_layers(model)]
     assert flags == [True, True, False, False]
     got = _grads(model, ids)
@@ -150,7 +150,7 @@ def test_apply_switches_checkpointing_on_for_the_first_layers_only_and_grads_are
 def test_no_kv_cache_in_training_even_when_nothing_recomputes():
     model = _tiny_model()
     assert model.config.use_cache
-    assert checkpointing.apply(model, checkpointing.Plan(layers=4, recomputed=0, offload=False, reason="test")) == 0
+    assert checkpointing.apply(model, plan.Plan(layers=4, recomputed=0, offload=False, reason="test")) == 0
     assert model.config.use_cache is False
     assert model.generation_config.use_cache is not False  # generation keeps its cache
     out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)

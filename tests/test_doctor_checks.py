@@ -12,7 +12,7 @@ import torch
 from test_doctor_helpers import builtin_dir, copy_builtin, edit_json, ids
 
 from ftcli import doctor
-from ftcli.builtin import BUILTINS
+from ftcli.models.builtin import BUILTINS
 from ftcli.doctor import CHECKS, probes
 from ftcli.doctor.checks_tokenizer_files import MISTRAL_REGEX
 
@@ -43,12 +43,12 @@ def sub_template(folder: Path, old: str, new: str, count: int = 0):
 def live(name: str, dtype=torch.float32):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftcli import chat
+    from ftcli.data import templates
 
     folder = builtin_dir(name)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(folder)
-    return model, tok, chat.resolve("auto", tok)
+    return model, tok, templates.resolve("auto", tok)
 
 
 # --------------------------------------------------------------------------- breakers (folder)
@@ -117,9 +117,9 @@ def _no_bos_gemma(f):
 
 
 def _llama31_with_llama3_stops(f):
-    from ftcli import chat
+    from ftcli.data import templates
 
-    set_template(f, chat.load_family("llama3.1").source)
+    set_template(f, templates.load_family("llama3.1").source)
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(f / "tokenizer.json"))
@@ -285,10 +285,10 @@ def test_fp16_overflow_fires_on_gemma3_in_float16():
 
 
 def test_chat_template_mask_fires_when_the_prompt_prefill_breaks_masks():
-    from ftcli import chat
+    from ftcli.data import templates
 
     model, tok, template = live("tiny-qwen3")
-    broken = chat.ChatTemplate("prefill", CHATML.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'"),
+    broken = templates.ChatTemplate("prefill", CHATML.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>\\n'"),
                                "<|im_end|>", ("<|im_end|>",))
     hit = next(f for f in doctor.check(model, tok, broken) if f.check == "chat-template-mask")
     assert "cannot build the loss mask" in hit.message
@@ -340,9 +340,9 @@ def _write_gguf(path: Path, types_override: dict[str, int] | None = None, add_bo
     writer.add_bos_token_id(tokens.index("<|begin_of_text|>"))
     writer.add_eos_token_id(tokens.index("<|eot_id|>"))
     writer.add_add_bos_token(add_bos)
-    from ftcli import chat
+    from ftcli.data import templates
 
-    writer.add_chat_template(chat.load_family("llama3").source)
+    writer.add_chat_template(templates.load_family("llama3").source)
     writer.add_tensor("token_embd.weight", torch.randn(len(tokens), 8, generator=torch.Generator().manual_seed(0)).numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -169,10 +169,10 @@ def test_numerics_catches_inexact_gradient_accumulation(monkeypatch):
     from test_doctor_checks import live
 
     model, tok, template = live("tiny-qwen3")
-    from ftcli import chat
+    from ftcli.data import templates
 
     convs = [[{"role": "user", "content": "Hi " * n}, {"role": "assistant", "content": "ok " * (9 - n)}] for n in range(1, 5)]
-    samples = [chat.encode(template, c, tok) for c in convs]
+    samples = [templates.encode(template, c, tok) for c in convs]
     assert numerics.ga_check(model, samples, tok.pad_token_id, 2, 1e-5).severity == "info"
     forward = model.forward
 
@@ -220,17 +220,16 @@ def test_fix_on_a_recipe_target_saves_the_fixed_embeddings(tmp_path):
 def test_numerics_packing_on_a_sliding_window_model(monkeypatch):
     """Gemma 3 samples longer than its local window: packed the SFT stage's way, the loss is the unpacked
     loss; packed under a full-attention block mask (the window lost), numerics-packing reports it."""
-    from ftcli import chat
     from ftcli.doctor import numerics
-    from ftcli.stages import sft
+    from ftcli.data import packing, templates
     from test_doctor_checks import live
 
     model, tok, template = live("tiny-gemma3")
     convs = [[{"role": "user", "content": "Hi there " * n}, {"role": "assistant", "content": "ok " * n}]
              for n in (12, 20)]
-    samples = [chat.encode(template, c, tok) for c in convs]
+    samples = [templates.encode(template, c, tok) for c in convs]
     assert min(len(s["input_ids"]) for s in samples) > 2 * model.config.sliding_window
     found = numerics.packing_check(model, samples, tok.pad_token_id, 1e-5, packing_on=True)
     assert found.severity == "info", found.message
-    monkeypatch.setattr(sft, "has_sliding_window", lambda model: False)
+    monkeypatch.setattr(packing, "has_sliding_window", lambda model: False)
     assert numerics.packing_check(model, samples, tok.pad_token_id, 1e-5, packing_on=True).severity == "error"

@@ -19,7 +19,7 @@ from support import FIXTURES, fixtures_dir  # noqa: E402,F401  (re-exported for 
 
 @functools.lru_cache(maxsize=None)
 def builtin_dir(name: str) -> Path:
-    from ftcli.builtin import builtin_path
+    from ftcli.models.builtin import builtin_path
 
     return builtin_path(f"builtin:{name}")
 

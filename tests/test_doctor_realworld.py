@@ -64,6 +64,11 @@ TOKENIZER_EXPECT = {
     "qwen2.5-instruct": ({"template-default-system"}, {"special-token-not-special", "pad-is-eos", "double-bos",
                                                        "add-bos-without-bos"}),
     "qwen3": ({"template-strips-reasoning"}, {"special-token-not-special", "pad-is-eos", "eos-not-end-of-turn"}),
+    # Full tokenizers added 2026-12-03 (INDEX.md section 3).
+    "llama-3-8b-instruct": ({"pad-missing", "double-bos"}, {"eos-not-end-of-turn", "special-token-not-special"}),
+    "qwen3-full": ({"template-strips-reasoning"}, {"special-token-not-special", "pad-is-eos", "eos-not-end-of-turn"}),
+    "qwen2-instruct": (set(), {"special-token-not-special", "pad-is-eos", "double-bos", "eos-not-end-of-turn"}),
+    "mistral-nemo-2407": ({"pad-missing"}, {"special-token-not-special", "eos-not-end-of-turn"}),
 }
 
 

@@ -13,7 +13,8 @@ import yaml
 from test_doctor_checks import CHATML, LLAMA3_ORIGINAL, _not_special, broken_folder, live
 from test_doctor_helpers import copy_builtin, ids
 
-from ftcli import chat, doctor
+from ftcli.data import templates
+from ftcli import doctor
 from ftcli.recipe import Recipe
 
 
@@ -33,7 +34,7 @@ def load(folder: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
-    return AutoModelForCausalLM.from_pretrained(folder), tok, chat.resolve("auto", tok)
+    return AutoModelForCausalLM.from_pretrained(folder), tok, templates.resolve("auto", tok)
 
 
 def saved(tmp_path: Path, model, tokenizer, template, name="saved") -> Path:
@@ -65,7 +66,7 @@ def test_template_and_special_flag_fixes_travel(tmp_path):
     folder = copy_builtin("tiny-qwen3", tmp_path / "m")
     _not_special("<|im_start|>")(folder)  # not a named token, so transformers keeps the file's flag
     model, tok, _ = load(folder)
-    template = chat.ChatTemplate("original", ALWAYS_HEADER, "<|im_end|>", ("<|im_end|>",))
+    template = templates.ChatTemplate("original", ALWAYS_HEADER, "<|im_end|>", ("<|im_end|>",))
     before = ids(doctor.check(model, tok, template))
     assert {"template-header-every-turn", "special-token-not-special"} <= before
     tok, template, findings = doctor.run_for_training(model, tok, template, recipe())
@@ -88,10 +89,10 @@ def test_untrained_rows_are_reset_in_memory_and_saved(tmp_path):
 
 def test_missing_bos_fix_makes_ftcli_encode_start_with_bos(tmp_path):
     model, tok, template = load(broken_folder("missing-bos", tmp_path))
-    assert chat.encode(template, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+    assert templates.encode(template, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
                        tok)["input_ids"][0] != tok.bos_token_id
     tok, template, _ = doctor.run_for_training(model, tok, template, recipe())
-    ids_ = chat.encode(template, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], tok)
+    ids_ = templates.encode(template, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], tok)
     assert ids_["input_ids"][0] == tok.bos_token_id
     assert "missing-bos" not in ids(doctor.diagnose(str(saved(tmp_path, model, tok, template))).findings)
 
@@ -121,7 +122,7 @@ def test_system_dropping_template_is_folded_at_training():
     model, tok, _ = live("tiny-qwen3")
     drops = CHATML.replace("{{'<|im_start|>'", "{% if message['role'] != 'system' %}{{'<|im_start|>'").replace(
         "{% endfor %}", "{% endif %}{% endfor %}")
-    template = chat.ChatTemplate("drops", drops, "<|im_end|>", ("<|im_end|>",), True)
+    template = templates.ChatTemplate("drops", drops, "<|im_end|>", ("<|im_end|>",), True)
     _, template, findings = doctor.run_for_training(model, tok, template, recipe())
     assert template.supports_system is False  # data.fold_system moves the system text into the user turn
     assert next(f for f in findings if f.check == "template-drops-system").data["fixed"]
@@ -129,8 +130,8 @@ def test_system_dropping_template_is_folded_at_training():
 
 def test_unfixable_errors_stop_the_run_with_exit_code_1():
     model, tok, _ = live("tiny-gemma3")
-    source = chat.load_family("gemma3").source.replace("'<end_of_turn>\n'", "'<end_of_turns>\n'")
-    template = chat.ChatTemplate("typo", source, "<end_of_turn>", ("<end_of_turn>",))
+    source = templates.load_family("gemma3").source.replace("'<end_of_turn>\n'", "'<end_of_turns>\n'")
+    template = templates.ChatTemplate("typo", source, "<end_of_turn>", ("<end_of_turn>",))
     with pytest.raises(doctor.DoctorFailed) as err:
         doctor.run_for_training(model, tok, template, recipe())
     assert err.value.exit_code == 1 and "template-unknown-special" in err.value.message
@@ -155,7 +156,7 @@ def test_recipe_has_the_doctor_field():
 
 def test_ftcli_train_runs_the_doctor_and_the_fixes_reach_the_run_dir(tmp_path):
     """End to end: a template that always appends the assistant header is fixed before training."""
-    from ftcli import train
+    from ftcli.runner import train
 
     template_file = tmp_path / "original.jinja"
     template_file.write_text(LLAMA3_ORIGINAL)

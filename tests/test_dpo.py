@@ -9,8 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftcli import chat, data, models, recipe, rundir
-from ftcli import train as training
+from ftcli.data import templates, formats
+from ftcli.models import lora, pretrained
+from ftcli import recipe
+from ftcli.runner import rundir
+from ftcli.runner import train as training
+from ftcli.stages import trainer_args
 from ftcli.errors import DataError
 from ftcli.recipe import DPO_LOSS_TYPES
 from ftcli.stages import dpo
@@ -41,13 +45,13 @@ def dpo_recipe(tmp_path, dataset, dtype="float32", **dpo_section):
 
 def build(tmp_path, **dpo_section):
     loaded = dpo_recipe(tmp_path, write_jsonl(tmp_path / "pairs.jsonl", PAIRS), **dpo_section)
-    model, tokenizer = models.load(loaded.model)
-    template = chat.resolve("llama3", tokenizer)
-    rows, _, report = data.read_rows(loaded.dataset)
+    model, tokenizer = pretrained.load(loaded.model)
+    template = templates.resolve("llama3", tokenizer)
+    rows, _, report = formats.read_rows(loaded.dataset)
     dataset = dpo.build_dataset(rows, template, tokenizer, loaded, report)
-    model = models.add_lora(model, loaded.lora, False)
+    model = lora.add_lora(model, loaded.lora, False)
     trainer = dpo.build_trainer(loaded, model, tokenizer, dataset, None, str(tmp_path / "ck"),
-                                training.precision_flags(torch.float32), [], [])
+                                trainer_args.precision_flags(torch.float32), [], [])
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # as if trained a while, so the policy differs from the reference
         for name, param in trainer.model.named_parameters():
@@ -160,8 +164,8 @@ def test_log_probs_never_go_through_full_logits(tmp_path):
 
 def test_pairs_use_the_template_and_text_equals_messages(tmp_path):
     loaded = dpo_recipe(tmp_path, write_jsonl(tmp_path / "p.jsonl", PAIRS))
-    _, tokenizer = models.load(loaded.model)
-    template = chat.resolve("llama3", tokenizer)
+    _, tokenizer = pretrained.load(loaded.model)
+    template = templates.resolve("llama3", tokenizer)
     text_row, message_row = PAIRS[0], {
         "prompt": [{"role": "user", "content": PAIRS[0]["prompt"]}],
         "chosen": [{"role": "assistant", "content": PAIRS[0]["chosen"]}],
@@ -169,8 +173,8 @@ def test_pairs_use_the_template_and_text_equals_messages(tmp_path):
     pair = dpo.encode_pair(text_row, template, tokenizer)
     assert pair == dpo.encode_pair(message_row, template, tokenizer)
     messages = message_row["prompt"] + message_row["chosen"]
-    assert pair["prompt_ids"] == chat.prompt_ids(template, message_row["prompt"], tokenizer)
-    sft = chat.encode(template, messages, tokenizer)  # the tokens SFT trains are the reply DPO scores
+    assert pair["prompt_ids"] == templates.prompt_ids(template, message_row["prompt"], tokenizer)
+    sft = templates.encode(template, messages, tokenizer)  # the tokens SFT trains are the reply DPO scores
     trained = [t for t, label in zip(sft["input_ids"], sft["labels"]) if label != -100]
     assert pair["chosen_ids"] == trained
     assert tokenizer.decode(pair["chosen_ids"]).endswith("<|eot_id|>")
@@ -180,7 +184,7 @@ def test_implicit_pairs_split_at_the_shared_prefix_and_bad_ones_are_explained(tm
     conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     implicit = {"chosen": conv + [{"role": "assistant", "content": "Hello!"}],
                 "rejected": conv + [{"role": "assistant", "content": "Go away."}]}
-    rows, fmt, _ = data.read_rows(data.DatasetSection(path=str(write_jsonl(tmp_path / "i.jsonl", [implicit]))))
+    rows, fmt, _ = formats.read_rows(formats.DatasetSection(path=str(write_jsonl(tmp_path / "i.jsonl", [implicit]))))
     assert fmt == "preference"
     assert rows[0] == {"prompt": conv, "chosen": [{"role": "assistant", "content": "Hello!"}],
                        "rejected": [{"role": "assistant", "content": "Go away."}]}
@@ -191,7 +195,7 @@ def test_implicit_pairs_split_at_the_shared_prefix_and_bad_ones_are_explained(tm
     for bad, message in ((no_prefix, "share no opening turns"), (same, "are the same conversation"),
                          (text_only, "must be whole conversations")):
         with pytest.raises(DataError, match=message):
-            data.read_rows(data.DatasetSection(path=str(write_jsonl(tmp_path / "b.jsonl", [bad])),
+            formats.read_rows(formats.DatasetSection(path=str(write_jsonl(tmp_path / "b.jsonl", [bad])),
                                                format="preference"))
 
 
@@ -199,9 +203,9 @@ def test_truncation_keeps_the_prompt_end_and_the_reply_start(tmp_path):
     long = {"prompt": "word " * 60, "chosen": "yes " * 40, "rejected": "no " * 40}
     loaded = dpo_recipe(tmp_path, write_jsonl(tmp_path / "l.jsonl", [long, PAIRS[0]]),
                         max_prompt_length=32, max_completion_length=16)
-    _, tokenizer = models.load(loaded.model)
-    template = chat.resolve("llama3", tokenizer)
-    rows, _, report = data.read_rows(loaded.dataset)
+    _, tokenizer = pretrained.load(loaded.model)
+    template = templates.resolve("llama3", tokenizer)
+    rows, _, report = formats.read_rows(loaded.dataset)
     full = dpo.encode_pair(rows[0], template, tokenizer)
     built = dpo.build_dataset(rows, template, tokenizer, loaded, report)
     assert built[0]["prompt_ids"] == full["prompt_ids"][-32:]

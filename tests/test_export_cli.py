@@ -115,7 +115,7 @@ def test_missing_llama_cpp_exits_2_naming_the_install_command(lora_run, tmp_path
 
 def test_train_with_gguf_and_ollama_in_the_recipe_exports_at_the_end(tmp_path):
     from ftcli import recipe
-    from ftcli import train as training
+    from ftcli.runner import train as training
     from support import write_recipe
 
     path = write_recipe(tmp_path / "r.yaml", export={"formats": ["gguf", "ollama"], "gguf_quant": ["q8_0"]},

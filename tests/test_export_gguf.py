@@ -12,7 +12,8 @@ pytest.importorskip("llama_cpp")
 
 import gguf  # noqa: E402
 
-from ftcli import builtin, chat  # noqa: E402
+from ftcli.models import builtin  # noqa: E402
+from ftcli.data import templates
 from ftcli.errors import BadInput  # noqa: E402
 from ftcli.export import gguf as writer  # noqa: E402
 from ftcli.export import quantize, verify  # noqa: E402
@@ -67,17 +68,17 @@ def test_other_supported_shapes_give_the_hf_logits(tmp_path, kind):
     from transformers import AutoTokenizer
 
     folder = other_shape(kind, tmp_path / kind)
-    template = chat.resolve("auto", AutoTokenizer.from_pretrained(folder))
+    template = templates.resolve("auto", AutoTokenizer.from_pretrained(folder))
     info = writer.write_gguf(folder, tmp_path / "m.gguf", "f16", chat_template=template.source)
     figures = verify.compare_logits(verify.build_reference(folder, template), info.path)
     assert figures["nmse"] < 1e-4 and figures["top1_agreement"] >= 0.95, (kind, figures)
 
 
 def _fields(path):
-    from ftcli.chat_cmd import _field_value
+    from ftcli.export.chat_session import field_value
 
     reader = gguf.GGUFReader(str(path))
-    return {k: _field_value(f) for k, f in reader.fields.items()}, {t.name: t for t in reader.tensors}
+    return {k: field_value(f) for k, f in reader.fields.items()}, {t.name: t for t in reader.tensors}
 
 
 def test_llama3_metadata(exported):

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from ftcli import chat
+from ftcli.data import templates
 from ftcli.errors import BadInput
 from ftcli.export import ollama
-from ftcli.export.vocab import _adds_special
+from ftcli.export.vocab import adds_special
 from export_support import builtin_dir
 
 GO_SOURCE = Path(__file__).parent / "go" / "render.go"
@@ -54,10 +54,10 @@ def go_render(tmp_path_factory):
 
 def _setup(family):
     tokenizer = AutoTokenizer.from_pretrained(builtin_dir(TOKENIZER_OF[family]))
-    return chat.load_family(family), tokenizer, _adds_special(tokenizer, tokenizer.bos_token_id, first=True)
+    return templates.load_family(family), tokenizer, adds_special(tokenizer, tokenizer.bos_token_id, first=True)
 
 
-@pytest.mark.parametrize("family", chat.FAMILIES)
+@pytest.mark.parametrize("family", templates.FAMILIES)
 def test_go_template_renders_exactly_the_jinja_template(go_render, family):
     template, tokenizer, strip_bos = _setup(family)
     modelfile = ollama.build_modelfile("model-q8_0.gguf", template, tokenizer, strip_bos)
@@ -97,7 +97,7 @@ def test_a_template_that_cannot_be_translated_exits_2(tmp_path):
     numbered = tmp_path / "numbered.jinja"  # turn numbers: not a function of the roles alone
     numbered.write_text("{% for m in messages %}<|im_start|>{{ m.role }} #{{ loop.index }}\n{{ m.content }}<|im_end|>\n"
                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    template = chat.resolve(str(numbered), tokenizer)
+    template = templates.resolve(str(numbered), tokenizer)
     with pytest.raises(BadInput, match="cannot write an Ollama TEMPLATE") as err:
         ollama.build_modelfile("m.gguf", template, tokenizer, strip_bos=False)
     assert err.value.exit_code == 2 and "--ollama" in err.value.hint

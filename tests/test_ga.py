@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ftcli import recipe, rundir
-from ftcli import train as training
+from ftcli import recipe
+from ftcli.runner import rundir
+from ftcli.runner import train as training
 from ftcli.stages import sft
 from support import conversation, write_jsonl, write_recipe
 

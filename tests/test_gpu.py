@@ -144,7 +144,7 @@ def test_window_attention_real_shape():
     against transformers' masked SDPA, both against the fp32 truth."""
     import torch.nn.functional as F
 
-    from ftcli import window_attention
+    from ftcli.engine import window_attention
 
     torch.manual_seed(0)
     b, t, window, scale = 2, 2048, 512, 256**-0.5
@@ -203,7 +203,7 @@ def lora_loss_and_grads(config, patched: bool):
     import transformers
     from peft import LoraConfig, get_peft_model
 
-    from ftcli import patch
+    from ftcli.engine import patch
 
     torch.manual_seed(0)
     with torch.device(DEV):
@@ -229,7 +229,7 @@ def test_patched_model_matches_unpatched(arch):
 
     class_name, kwargs = ARCHS[arch]
     config = getattr(transformers, class_name)(num_hidden_layers=2, max_position_embeddings=4096, **kwargs)
-    from ftcli import window_attention
+    from ftcli.engine import window_attention
 
     base_loss, base_g, _ = lora_loss_and_grads(config, patched=False)
     windowed = window_attention.CALLS["window"]
@@ -250,7 +250,7 @@ def test_train_quickstart_on_gpu(tmp_path, monkeypatch):
     import re
 
     from ftcli import recipe
-    from ftcli import train as training
+    from ftcli.runner import train as training
     from support import REPO
 
     monkeypatch.chdir(REPO)
@@ -266,7 +266,7 @@ def test_train_quickstart_on_gpu(tmp_path, monkeypatch):
 def test_qlora_trains_on_gpu(tmp_path, monkeypatch):
     pytest.importorskip("bitsandbytes")
     from ftcli import recipe
-    from ftcli import train as training
+    from ftcli.runner import train as training
     from support import REPO
 
     monkeypatch.chdir(REPO)
@@ -283,7 +283,7 @@ def test_offloaded_checkpointing_on_gpu_matches_and_saves_memory():
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftcli import checkpointing, offload
+    from ftcli.engine import checkpointing, offload, plan
 
     config = LlamaConfig(hidden_size=1024, intermediate_size=2816, num_hidden_layers=6, num_attention_heads=8,
                          num_key_value_heads=2, vocab_size=4096, attn_implementation="sdpa")
@@ -304,9 +304,9 @@ def test_offloaded_checkpointing_on_gpu_matches_and_saves_memory():
         return grads, torch.cuda.max_memory_allocated() - base, offload.offloader(model)
 
     plain, plain_peak, _ = run(None)
-    kept, kept_peak, _ = run(checkpointing.Plan(6, 6, False, "test"))
-    offl, offl_peak, off = run(checkpointing.Plan(6, 6, True, "test"))
-    split, split_peak, split_off = run(checkpointing.Plan(6, 6, True, "test", split=True))
+    kept, kept_peak, _ = run(plan.Plan(6, 6, False, "test"))
+    offl, offl_peak, off = run(plan.Plan(6, 6, True, "test"))
+    split, split_peak, split_off = run(plan.Plan(6, 6, True, "test", split=True))
     assert off is not None and off.offloaded >= 5  # every layer but the last sent its input to the host
     assert split_off.offloaded >= 11  # both blocks' inputs of every layer, but the very last block's
     for grads in (offl, split):

@@ -8,10 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ftcli import chat, data, models, recipe, rundir
-from ftcli import train as training
+from ftcli.data import templates, formats
+from ftcli.models import lora, pretrained
+from ftcli import recipe
+from ftcli.runner import rundir
+from ftcli.runner import train as training
+from ftcli.stages import trainer_args
 from ftcli.errors import BadInput
-from ftcli.stages import grpo, logprobs
+from ftcli.stages import grpo
+from ftcli.engine import logprobs
 from support import REPO, conversation, write_jsonl, write_recipe
 
 PROMPTS = ["Tell me about colors.", "What do you see?", "Describe the sky.", "Say something.",
@@ -35,13 +40,13 @@ def grpo_recipe(tmp_path, dataset=None, model="builtin:tiny-llama3", template="l
 
 def build(tmp_path, reward_funcs, **kw):
     loaded = grpo_recipe(tmp_path, **kw)
-    model, tokenizer = models.load(loaded.model)
-    template = chat.resolve(loaded.template.name, tokenizer)
-    rows, _, report = data.read_rows(loaded.dataset)
+    model, tokenizer = pretrained.load(loaded.model)
+    template = templates.resolve(loaded.template.name, tokenizer)
+    rows, _, report = formats.read_rows(loaded.dataset)
     dataset = grpo.build_dataset(rows, template, tokenizer, loaded, report)
-    model = models.add_lora(model, loaded.lora, False)
+    model = lora.add_lora(model, loaded.lora, False)
     trainer = grpo.build_trainer(loaded, model, tokenizer, template, dataset, None, str(tmp_path / "ck"),
-                                 training.precision_flags(torch.float32), [], [], reward_funcs)
+                                 trainer_args.precision_flags(torch.float32), [], [], reward_funcs)
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop; these tests call pieces directly
     return trainer, dataset
@@ -74,16 +79,16 @@ def test_prompts_are_rendered_with_the_template_and_keep_their_columns(tmp_path,
                {"prompt": "word " * 300, "answer": "0", "level": 3}]
     loaded = grpo_recipe(tmp_path, write_jsonl(tmp_path / "d.jsonl", rows_in), model=model, template=template,
                          grpo_section={"max_prompt_length": 64})
-    _, tokenizer = models.load(loaded.model)
-    tpl = chat.resolve(template, tokenizer)
-    rows, _, report = data.read_rows(loaded.dataset)
+    _, tokenizer = pretrained.load(loaded.model)
+    tpl = templates.resolve(template, tokenizer)
+    rows, _, report = formats.read_rows(loaded.dataset)
     built = grpo.build_dataset(rows, tpl, tokenizer, loaded, report)
     assert len(built) == 2 and report.rows_skipped == 1 and "max_prompt_length" in report.skipped_examples[0]
     assert built["answer"] == ["4", "6"] and built["level"] == [1, 2]
     for text, messages in zip(built["prompt"], ([{"role": "user", "content": "What is 2 + 2?"}],
                                                 rows_in[1]["prompt"])):
         # TRL tokenizes text prompts with tokenizer(text): that must give the template's prompt ids
-        assert tokenizer(text)["input_ids"] == chat.prompt_ids(tpl, messages, tokenizer)
+        assert tokenizer(text)["input_ids"] == templates.prompt_ids(tpl, messages, tokenizer)
 
 
 # --------------------------------------------------------------------------- advantages
@@ -196,8 +201,8 @@ def test_ftcli_kernel_log_probs_match_full_logits(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     loaded = grpo_recipe(tmp_path)
-    model, tokenizer = models.load(loaded.model)
-    model = models.add_lora(model, loaded.lora, False)
+    model, tokenizer = pretrained.load(loaded.model)
+    model = lora.add_lora(model, loaded.lora, False)
     from trl.trainer.utils import add_fused_lm_head
 
     add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy"))
@@ -286,13 +291,13 @@ def test_sft_then_dpo_then_grpo_continue_one_adapter(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_grpo_bench_plumbing_on_the_cpu(tmp_path):
-    """`python -m ftcli.bench_grpo` (run on a GPU by the lead): both modes train, from the same seeds."""
-    from ftcli import bench_grpo
+    """`python -m ftcli.bench.grpo` (run on a GPU by the lead): both modes train, from the same seeds."""
+    from ftcli.bench import grpo
 
     spec = dict(shape="tiny-llama", generations=4, prompt_tokens=16, completion_tokens=6, steps=1, kernels=False,
                 sequences_per_forward=1)
-    trl_result = bench_grpo.run_mode({**spec, "mode": "trl", "out_dir": str(tmp_path / "trl")})
-    ours = bench_grpo.run_mode({**spec, "mode": "ftcli", "out_dir": str(tmp_path / "ftcli")})
+    trl_result = grpo.run_mode({**spec, "mode": "trl", "out_dir": str(tmp_path / "trl")})
+    ours = grpo.run_mode({**spec, "mode": "ftcli", "out_dir": str(tmp_path / "ftcli")})
     assert trl_result.ok and ours.ok and ours.mean_completion_length == 6.0
     assert ours.first_grad_norm == pytest.approx(trl_result.first_grad_norm, rel=1e-4)
-    assert "first-step LoRA grad norm" in bench_grpo.table([trl_result, ours])
+    assert "first-step LoRA grad norm" in grpo.table([trl_result, ours])

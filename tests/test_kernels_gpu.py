@@ -172,8 +172,8 @@ def test_trl_sft_on_a_patched_model_matches_trls_own_head(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from ftcli import patch
-    from ftcli.builtin import builtin_path
+    from ftcli.engine import patch
+    from ftcli.models.builtin import builtin_path
 
     path = builtin_path("builtin:tiny-llama3")
     g = torch.Generator().manual_seed(3)

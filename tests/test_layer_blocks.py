@@ -1,4 +1,4 @@
-"""ftcli.layer_blocks: recomputing a layer as attention and MLP blocks gives the whole layer's gradients.
+"""ftcli.engine.layer_blocks: recomputing a layer as attention and MLP blocks gives the whole layer's gradients.
 
 Per builtin architecture (float64, LoRA on every linear layer, offloaded to host buffers on the CPU): the
 split recompute, with the MLP block in token chunks where the shape asks for them (all builtins but
@@ -15,8 +15,8 @@ pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
-from ftcli import layer_blocks, offload, patch  # noqa: E402
-from ftcli.builtin import builtin_path  # noqa: E402
+from ftcli.engine import layer_blocks, offload, patch, plan  # noqa: E402
+from ftcli.models.builtin import builtin_path  # noqa: E402
 
 ARCHS = ["tiny-llama3", "tiny-gemma3", "tiny-qwen3", "tiny-phi3", "tiny-mistral", "qwen2"]
 
@@ -164,12 +164,12 @@ def test_split_recompute_with_the_triton_kernels(monkeypatch):
 
 def test_a_partial_plan_splits_only_the_recomputed_layers():
     """The first layers recompute (split, offloaded), the last ones keep their activations."""
-    from ftcli import checkpointing
+    from ftcli.engine import checkpointing
 
     reference = _grads(_model("tiny-qwen3"))
     model = _model("tiny-qwen3")
-    plan = checkpointing.Plan(layers=4, recomputed=2, offload=True, reason="test", split=True)
-    assert checkpointing.apply(model, plan) == 2
+    two_of_four = plan.Plan(layers=4, recomputed=2, offload=True, reason="test", split=True)
+    assert checkpointing.apply(model, two_of_four) == 2
     layers = checkpointing.decoder_layers(model)
     assert [layer_blocks.is_split(m) for m in layers] == [True, True, False, False]
     assert not any(m.gradient_checkpointing for m in layers)  # the split layers checkpoint themselves
@@ -195,7 +195,7 @@ def test_split_lowers_the_step_peak_by_what_the_estimator_says(chunk_rows, monke
     MLP block in two chunks of 256 tokens, by half the MLP block's too."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftcli import checkpointing, memory
+    from ftcli.engine import checkpointing, memory
 
     config = LlamaConfig(hidden_size=512, intermediate_size=1792, num_hidden_layers=4, num_attention_heads=4,
                          num_key_value_heads=2, head_dim=128, vocab_size=2048, attn_implementation="sdpa")
@@ -205,7 +205,7 @@ def test_split_lowers_the_step_peak_by_what_the_estimator_says(chunk_rows, monke
         torch.manual_seed(0)
         model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=16, target_modules="all-linear"))
         patch.apply(model, impl="reference")
-        checkpointing.apply(model, checkpointing.Plan(4, 4, True, "test", split=split))
+        checkpointing.apply(model, plan.Plan(4, 4, True, "test", split=split))
         if split:
             offload.enable(model, offload=True, split=True, min_chunk_rows=chunk_rows)
         off = offload.offloader(model)

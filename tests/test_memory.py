@@ -3,7 +3,8 @@
 import pytest
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
-from ftcli import builtin, memory, models
+from ftcli.models import builtin, lora
+from ftcli.engine import memory, plan
 from ftcli.recipe import LoraSection
 
 LLAMA_8B = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -19,8 +20,8 @@ def test_parameter_counts_match_the_real_model(name):
     matrices = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2)
     assert shape.layers * (shape.layer_params() - 2 * shape.hidden) + shape.embedding_params() == matrices
     assert norms >= shape.layers * 2 * shape.hidden
-    lora = models.add_lora(model, LoraSection(r=8), gradient_checkpointing=False)
-    trainable, _ = models.trainable_parameters(lora)
+    peft_model = lora.add_lora(model, LoraSection(r=8), gradient_checkpointing=False)
+    trainable, _ = lora.trainable_parameters(peft_model)
     assert memory.lora_params(shape, 8, "all-linear") == trainable
 
 
@@ -47,7 +48,7 @@ def test_advice_names_the_settings_that_help(tmp_path):
     from support import write_recipe
 
     loaded = recipe.load(write_recipe(tmp_path / "r.yaml", train={"gradient_checkpointing": False}))
-    tips = " ".join(memory.advice(loaded))
+    tips = " ".join(plan.advice(loaded))
     assert "gradient_checkpointing" in tips and "per_device_train_batch_size" in tips
     assert "max_seq_length" in tips and "load_in_4bit" in tips
 
@@ -58,7 +59,7 @@ def test_advice_goes_one_preset_leaner(tmp_path):
 
     def tips(memory_preset):
         loaded = recipe.load(write_recipe(tmp_path / f"{memory_preset}.yaml", train={"memory": memory_preset}))
-        return " ".join(memory.advice(loaded))
+        return " ".join(plan.advice(loaded))
 
     assert "train.memory: lean" in tips("fast") and "minimal" not in tips("fast")
     assert "train.memory: minimal" in tips("lean")
@@ -69,12 +70,12 @@ def test_the_estimate_prices_the_fused_mlp_chunks_it_runs():
     """The estimator's chunk size is the kernel's, and on the bench shapes its lean estimate stays within 0..+6%
     of the peak an H200 measured (2026-12-02, docs/benchmarks.md): never below, so the pre-flight check does
     not let a run through that would not fit."""
-    from ftcli import bench
+    from ftcli.bench import lora_step
     from ftcli.kernels import lora_mlp
 
     assert memory.LORA_MLP_CHUNK_ROWS == lora_mlp.CHUNK_ROWS
     measured = {"llama3-8b": 16.68, "qwen3-8b": 17.03, "gemma3-4b": 8.65}
     for arch, peak in measured.items():
-        shape = memory.Shape.from_config(bench.make_config(arch))
+        shape = memory.Shape.from_config(lora_step.make_config(arch))
         estimate = memory.estimate(shape, batch=4, seq=2048, offload=True, fused_kernels=True).total / memory.GiB
         assert peak <= estimate <= 1.06 * peak, (arch, estimate, peak)

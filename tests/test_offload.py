@@ -1,4 +1,4 @@
-"""ftcli.offload on CPU: the "offload" is a copy into a host buffer, the same path as on CUDA minus the streams."""
+"""ftcli.engine.offload on CPU: the "offload" is a copy into a host buffer, the same path as on CUDA minus the streams."""
 import pytest
 import torch
 
@@ -7,7 +7,7 @@ import transformers  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers.modeling_layers import GradientCheckpointingLayer  # noqa: E402
 
-from ftcli import offload  # noqa: E402
+from ftcli.engine import offload  # noqa: E402
 
 N_LAYERS = 3
 
@@ -266,8 +266,8 @@ def test_whole_layer_recompute_with_the_triton_kernels(name, skips, monkeypatch)
     down projection; Gemma 3 normalises the MLP output first, so its recompute makes it."""
     from test_kernels_util import launched
 
-    from ftcli import patch
-    from ftcli.builtin import builtin_path
+    from ftcli.engine import patch
+    from ftcli.models.builtin import builtin_path
     from ftcli.kernels import lora_mlp
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")

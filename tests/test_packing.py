@@ -3,8 +3,8 @@
 import torch
 from transformers import AutoModelForCausalLM
 
-from ftcli import builtin
-from ftcli.stages.sft import BlockDiagonalPacking
+from ftcli.models import builtin
+from ftcli.data.packing import BlockDiagonalPacking
 
 
 def fake_padding_free_collator(rows):
@@ -37,7 +37,7 @@ def test_block_diagonal_mask_makes_packed_logits_equal_separate_ones():
 
 def test_sliding_window_models_keep_their_window_when_packed():
     """Gemma 3's local layers: rows longer than the window, packed, give each row's own logits."""
-    from ftcli.stages.sft import has_sliding_window
+    from ftcli.data.packing import has_sliding_window
 
     model = AutoModelForCausalLM.from_pretrained(builtin.builtin_path("tiny-gemma3"), attn_implementation="sdpa",
                                                  dtype=torch.float32).eval()
@@ -67,7 +67,7 @@ def test_sliding_window_models_keep_their_window_when_packed():
 
 def test_packed_training_runs_with_the_mask(tmp_path):
     from ftcli import recipe
-    from ftcli import train as training
+    from ftcli.runner import train as training
     from support import write_recipe
 
     path = write_recipe(tmp_path / "r.yaml", train={"packing": True, "max_steps": 2})

@@ -1,4 +1,4 @@
-"""ftcli.patch: patched models give the unpatched model's loss and gradients, per builtin architecture.
+"""ftcli.engine.patch: patched models give the unpatched model's loss and gradients, per builtin architecture.
 
 With the plain-PyTorch references (what `auto` uses on a CPU without the interpreter) the patched
 model must be bitwise identical to transformers + PEFT; with Triton under TRITON_INTERPRET=1 it must
@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_kernels_util import TOL, launched, rel_err
 
-from ftcli import patch
-from ftcli.builtin import builtin_path
+from ftcli.engine import patch
+from ftcli.models.builtin import builtin_path
 
 ARCHS = ["tiny-llama3", "tiny-gemma3", "tiny-qwen3", "tiny-phi3", "tiny-mistral", "qwen2"]
 NORMS = {"tiny-llama3": 9, "tiny-gemma3": 25, "tiny-qwen3": 17, "tiny-phi3": 9, "tiny-mistral": 9, "qwen2": 5}

@@ -9,8 +9,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from ftcli import checkpoints, recipe, rundir
-from ftcli import train as training
+from ftcli.runner import checkpoints, rundir
+from ftcli import recipe
+from ftcli.runner import train as training
 from ftcli.errors import BadInput, TrainingFailed
 from support import write_recipe
 
@@ -92,7 +93,7 @@ def test_nan_loss_stops_at_that_step_and_keeps_what_was_written(tmp_path, monkey
 
 
 def test_non_finite_gradient_is_caught_before_the_optimizer_step():
-    from ftcli.guards import GradNormGuard, NonFiniteLoss
+    from ftcli.stages.guards import GradNormGuard, NonFiniteLoss
 
     model = torch.nn.Linear(3, 1)
     model.weight.grad = torch.tensor([[1.0, float("inf"), 0.0]])
@@ -111,8 +112,8 @@ def test_resume_with_a_timestamped_output_dir_picks_the_newest_earlier_run(tmp_p
     second = recipe.load(path, now=dt.datetime(2026, 1, 1, 11, 0, 0))
     training.run(second)
     later = recipe.load(path, now=dt.datetime(2026, 1, 1, 12, 0, 0))  # what `ftcli train --resume` loads
-    resolved = training.resolve_resume(later, path)
+    resolved = rundir.resolve_resume(later, path)
     assert resolved.output_dir == second.output_dir
     with pytest.raises(BadInput, match="no earlier run"):
         other = write_recipe(tmp_path / "other.yaml", output_dir=str(tmp_path / "runs" / "{name}-{timestamp}"))
-        training.resolve_resume(recipe.load(other), other)
+        rundir.resolve_resume(recipe.load(other), other)

@@ -8,7 +8,9 @@ import uuid
 
 import pytest
 
-from ftcli import recipe, rewards, sandbox
+from ftcli import recipe
+from ftcli import rewards
+from ftcli.rewards import sandbox
 from ftcli.errors import BadInput, RecipeError
 from support import write_recipe
 

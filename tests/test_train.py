@@ -10,8 +10,10 @@ import pytest
 import torch
 import yaml
 
-from ftcli import builtin, recipe, rundir
-from ftcli import train as training
+from ftcli.models import builtin
+from ftcli import recipe
+from ftcli.runner import rundir
+from ftcli.runner import train as training
 from ftcli.errors import BadInput
 from support import REPO, conversation, write_jsonl, write_recipe
 

@@ -1,4 +1,4 @@
-"""ftcli/window_attention.py: sliding-window layers run as a windowed call without a mask, where that is exact.
+"""ftcli/engine/window_attention.py: sliding-window layers run as a windowed call without a mask, where that is exact.
 
 The real kernel (PyTorch's variable-length FlashAttention) needs CUDA: tests/test_gpu.py runs it. Here a
 stand-in with varlen_attn's signature, built on masked SDPA, checks everything around it: the layout, the
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from test_patch import _compare, _loss_and_grads, _model
 
-from ftcli import patch, window_attention
+from ftcli.engine import patch, window_attention
 
 
 def band(length: int, left: int, right: int) -> torch.Tensor:

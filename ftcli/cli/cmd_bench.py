@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ftcli.cli import app, console, errors, fail
+from ftcli.cli.app import app, console, errors, fail
 from ftcli.errors import BadInput
 
 
@@ -21,7 +21,7 @@ def bench_cmd(
     lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank on all 7 projections.")] = 16,
     no_gc: Annotated[bool, typer.Option("--no-gradient-checkpointing", help="Train without activation checkpointing.")] = False,
     max_seq_: Annotated[bool, typer.Option("--max-seq", help="Find the longest batch-1 sequence each mode trains (doubling from 16k).")] = False,
-    out: Annotated[Path, typer.Option(help="JSON file, rewritten as each mode finishes.")] = Path("bench.json"),
+    out: Annotated[Path, typer.Option(help="JSON file, rewritten as each mode finishes.")] = Path("lora_step.json"),
     cache: Annotated[Path, typer.Option(help="Where the random-init checkpoints are written.")] = Path("/tmp/ftcli-bench"),
     load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="QLoRA: NF4 base weights (bitsandbytes) in every mode.")] = False,
     fast_budget: Annotated[float, typer.Option("--fast-budget", help="GiB for ftcli-fast (train.memory_budget_gib); 0 = plain HF's peak in this run, else 90% of the GPU.")] = 0.0,
@@ -37,28 +37,28 @@ def bench_cmd(
 
     import torch
 
-    from ftcli import bench
+    from ftcli.bench import lora_step
 
     if not torch.cuda.is_available():
         fail(BadInput("ftcli bench needs a CUDA GPU", hint="run it on a GPU machine"))
     archs = [a.strip() for a in arch.split(",") if a.strip()]
-    unknown = [a for a in archs if a not in bench.SHAPES]
-    bad_modes = [m for m in mode.split(",") if m not in bench.MODES]
+    unknown = [a for a in archs if a not in lora_step.SHAPES]
+    bad_modes = [m for m in mode.split(",") if m not in lora_step.MODES]
     if unknown or bad_modes:
         fail(BadInput(f"unknown {'shape' if unknown else 'mode'}: {', '.join(unknown or bad_modes)}",
-                      hint=f"shapes: {', '.join(bench.SHAPES)}; modes: {', '.join(bench.MODES)}"))
-    modes, notes = bench.available_modes(mode.split(","))
+                      hint=f"shapes: {', '.join(lora_step.SHAPES)}; modes: {', '.join(lora_step.MODES)}"))
+    modes, notes = lora_step.available_modes(mode.split(","))
     for note in notes:
         console.print(note, markup=False)
     console.print(f"GPU {torch.cuda.get_device_name()} · torch {torch.__version__} · seq {seq} · batch {batch} · "
                   f"{'QLoRA (NF4)' if load_in_4bit else 'LoRA'} r={lora_r} · gradient checkpointing {'off' if no_gc else 'on'}", markup=False)
     results, problems = [], []
     for shape in archs:
-        folder = bench.checkpoint_dir(cache, shape, layers or None)
+        folder = lora_step.checkpoint_dir(cache, shape, layers or None)
         shape_results = []
         for m in modes:
             if max_seq_:
-                attempts = bench.max_seq(shape, m, folder, lora_r, 16384, 1 << 20, timeout)
+                attempts = lora_step.max_seq(shape, m, folder, lora_r, 16384, 1 << 20, timeout)
                 shape_results += attempts
                 best = [a for a in attempts if a.ok]
                 console.print(f"{shape:<12} {m:<8} longest batch-1 sequence: {best[-1].seq if best else 'none'}"
@@ -73,7 +73,7 @@ def bench_cmd(
                     console.print(f"{shape:<12} {m:<8} memory budget: "
                                   + (f"{spec['budget_gib']:.1f} GiB" if spec["budget_gib"] else "90% of the GPU"),
                                   markup=False)
-                r = bench.run_in_subprocess(spec, timeout)
+                r = lora_step.run_in_subprocess(spec, timeout)
                 shape_results.append(r)
                 base = next((x for x in shape_results if x.mode == "hf" and x.ok), None)
                 speedup = f"{r.tokens_per_second / base.tokens_per_second:.2f}x" if base and r.ok else "-"
@@ -85,7 +85,7 @@ def bench_cmd(
             results_all = results + shape_results
             out.write_text(_json.dumps([asdict(x) for x in results_all], indent=1))
         results += shape_results
-        problems += bench.compare(shape_results)
+        problems += lora_step.compare(shape_results)
         if not keep:
             _shutil.rmtree(folder, ignore_errors=True)
     console.print(f"results: {out}", markup=False)

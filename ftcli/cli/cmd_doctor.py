@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ftcli.cli import SetOpt, app, console, errors, fail
+from ftcli.cli.app import SetOpt, app, console, errors, fail
 from ftcli.errors import FtcliError
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ftcli.cli import app, console, errors, fail
+from ftcli.cli.app import app, console, errors, fail
 from ftcli.errors import FtcliError
 
 
@@ -98,7 +98,7 @@ def chat_cmd(
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
 ) -> None:
     """Chat with a trained model in the terminal, with its training chat template and stop tokens."""
-    from ftcli.chat_cmd import ChatSession
+    from ftcli.export.chat_session import ChatSession
 
     try:
         session = ChatSession(target, max_new_tokens=max_new_tokens, temperature=temperature)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ftcli.cli import RecipeArg, SetOpt, app, console, errors, fail
+from ftcli.cli.app import RecipeArg, SetOpt, app, console, errors, fail
 from ftcli.errors import FtcliError
 
 
@@ -36,10 +36,15 @@ def validate(recipe_path: RecipeArg, set_: SetOpt = None) -> None:
 
 
 def _print_memory(recipe) -> None:
-    """The pre-flight estimate of peak GPU memory, one line per part."""
-    from ftcli import memory
+    """The pre-flight estimate of peak GPU memory, one line per part (for an 80 GiB GPU where there is none)."""
+    from ftcli.engine import memory, plan
+    from ftcli.models import pretrained
 
-    estimate = memory.estimate_for(recipe)
+    try:
+        config = pretrained.load_config(recipe.model)
+        estimate = plan.for_recipe(recipe, config, plan.Machine.current().with_reference_gpu()).estimate
+    except Exception:  # offline hub id, unusual config: `ftcli train` will say what is wrong
+        estimate = None
     if estimate is None:
         console.print("memory estimate: unavailable (the model config could not be read offline)", markup=False)
         return
@@ -57,15 +62,16 @@ def train(
     nproc: Annotated[int, typer.Option("--nproc", help="Processes on this machine, one per GPU (CPU: gloo).")] = 1,
 ) -> None:
     """Finetune a model as the recipe says and write the run directory."""
-    from ftcli import distributed
-    from ftcli import train as training
+    from ftcli.engine import distributed
+    from ftcli.runner import rundir
+    from ftcli.runner import train as training
 
     if not distributed.is_main():
         console.quiet = True  # only rank 0 reports progress; every rank still reports its errors
     try:
         recipe = _load(recipe_path, set_)
         if resume:
-            recipe = training.resolve_resume(recipe, recipe_path)
+            recipe = rundir.resolve_resume(recipe, recipe_path)
         if nproc > 1 and distributed.world_size() == 1:
             training.check_supported(recipe, world_size=nproc)  # exit 2 here, before starting processes
             raise typer.Exit(_launch(recipe_path, set_ or [], recipe.output_dir, nproc,
@@ -93,7 +99,7 @@ def _launch(recipe_path: Path, overrides: list[str], output_dir: str, nproc: int
     """Re-run this command in `nproc` processes, all writing to the one output_dir resolved here."""
     import json as _json
 
-    from ftcli import distributed
+    from ftcli.engine import distributed
 
     argv = ["train", str(recipe_path)]
     for item in [*overrides, f"output_dir={_json.dumps(output_dir)}"]:

@@ -7,6 +7,9 @@
 
 Each check is a small function registered with an id, a severity, a one-line fix and the row of
 research/doctor-bugs.md it comes from (`CHECKS`); `docs/doctor.md` lists them all.
+
+May import: ftcli.engine (the packed-numerics check patches a model), ftcli.models, ftcli.data, ftcli.recipe,
+ftcli.errors.
 """
 
 from __future__ import annotations

@@ -221,8 +221,8 @@ def template_not_prefix_preserving(s: Subject):
 def chat_template_mask(s: Subject):
     if s.tokenizer is None or s.template is None:
         return None
-    from ftcli import chat
-    from ftcli.data import fold_system
+    from ftcli.data import templates
+    from ftcli.data.messages import fold_system
 
     train_on = getattr(getattr(s.recipe, "template", None), "train_on", "assistant")
     if train_on == "all":
@@ -237,11 +237,11 @@ def chat_template_mask(s: Subject):
         if not template.supports_system:
             messages = fold_system(messages)
         try:
-            enc = chat.encode(template, messages, s.tokenizer, train_on=train_on, max_length=max_length)
+            enc = templates.encode(template, messages, s.tokenizer, train_on=train_on, max_length=max_length)
         except Exception as err:  # noqa: BLE001 - ChatTemplateError and friends
             hits.append(f"ftcli cannot build the loss mask of {label}: {err}")
             break
-        trained = [i for i, label_id in zip(enc["input_ids"], enc["labels"]) if label_id != chat.IGNORE_INDEX]
+        trained = [i for i, label_id in zip(enc["input_ids"], enc["labels"]) if label_id != templates.IGNORE_INDEX]
         turns = sum(m["role"] == "assistant" for m in messages)
         if not trained:
             hits.append(f"{label}: no assistant token is trained" + (" (truncated to model.max_seq_length)"

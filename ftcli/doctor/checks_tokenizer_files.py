@@ -45,7 +45,7 @@ def post_processor_stale(s: Subject):
         return None
     rows = s.embedding_rows
     hits = []
-    for pp in _template_processors(tj.get("post_processor")):
+    for pp in template_processors(tj.get("post_processor")):
         for name, spec in (pp.get("special_tokens") or {}).items():
             for token, i in zip(spec.get("tokens") or [], spec.get("ids") or []):
                 real = s.id_of(token)
@@ -57,11 +57,11 @@ def post_processor_stale(s: Subject):
     return hits
 
 
-def _template_processors(pp) -> list[dict]:
+def template_processors(pp) -> list[dict]:
     if not isinstance(pp, dict):
         return []
     if pp.get("type") == "Sequence":
-        return [x for inner in pp.get("processors") or [] for x in _template_processors(inner)]
+        return [x for inner in pp.get("processors") or [] for x in template_processors(inner)]
     return [pp] if pp.get("type") == "TemplateProcessing" else []
 
 

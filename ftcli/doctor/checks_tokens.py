@@ -183,11 +183,11 @@ def double_bos(s: Subject):
     if text.lstrip().startswith(bos + bos):
         hits.append(Hit(f"the template itself prints {bos!r} twice at the start", severity="error"))
     if s.tokenizer is not None and s.gguf is None:
-        from ftcli import chat
+        from ftcli.data import templates
 
         template = s.chat_template()
         try:
-            ids = chat.encode(template, probes.UA, s.tokenizer, train_on="all")["input_ids"]
+            ids = templates.encode(template, probes.UA, s.tokenizer, train_on="all")["input_ids"]
         except Exception:  # noqa: BLE001 - chat-template-mask reports encode failures
             ids = []
         bos_id = s.id_of(bos)
@@ -225,10 +225,10 @@ def missing_bos(s: Subject):
     missing = []
     if s.template is not None:
         if s.tokenizer is not None:
-            from ftcli import chat
+            from ftcli.data import templates
 
             try:
-                ids = chat.encode(s.chat_template(), probes.UA, s.tokenizer, train_on="all")["input_ids"]
+                ids = templates.encode(s.chat_template(), probes.UA, s.tokenizer, train_on="all")["input_ids"]
             except Exception:  # noqa: BLE001
                 ids = None
             if ids is not None and ids[:1] != [s.id_of(bos)]:

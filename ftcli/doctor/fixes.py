@@ -199,10 +199,10 @@ def _header(s, f, p):
 
 def _matching_family(s: Subject, reference: str) -> str | None:
     """A shipped family template that renders exactly like `reference` on the probe chats."""
-    from ftcli import chat
+    from ftcli.data import templates
 
-    for name in chat.FAMILIES:
-        source = chat.load_family(name).source
+    for name in templates.FAMILIES:
+        source = templates.load_family(name).source
         if all(s.try_render(conv, agp, source) == s.try_render(conv, agp, reference) is not None
                for conv, agp in ((probes.UA, False), (probes.UAUA, False), (probes.U, True), (probes.SUA, False))):
             return source

@@ -5,8 +5,8 @@ that the loss is what the math says (research/doctor-bugs.md G; DESIGN.md promis
                     of the whole step, equals one big batch (and how far the naive mean would be);
   numerics-packing  the samples packed into one row (position_ids restarting per sample) give the
                     same loss as the padded batch: attention does not leak across samples;
-  numerics-kernels  ftcli.patch's kernels give the same loss as the unpatched model (not checked
-                    when ftcli.patch is not available).
+  numerics-kernels  ftcli.engine.patch's kernels give the same loss as the unpatched model (not checked
+                    when ftcli.engine.patch is not available).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def packing_check(model, samples: list[dict], pad_id: int, tol: float, packing_o
               "position_ids": torch.tensor([positions], device=device)}
     impl = getattr(model.config, "_attn_implementation", "?")
     if "flash" not in str(impl):  # the block-diagonal mask ftcli's SFT stage adds for packed rows
-        from ftcli.stages.sft import BlockDiagonalPacking, has_sliding_window
+        from ftcli.data.packing import BlockDiagonalPacking, has_sliding_window
 
         row = dict(packed)
         packed = BlockDiagonalPacking(lambda _examples: row, sliding=has_sliding_window(model))(None)
@@ -110,9 +110,9 @@ def packing_check(model, samples: list[dict], pad_id: int, tol: float, packing_o
 
 def kernels_check(model, samples: list[dict], pad_id: int, tol: float) -> Finding:
     try:
-        from ftcli import patch
+        from ftcli.engine import patch
     except Exception as err:  # noqa: BLE001
-        return _finding("numerics-kernels", "info", f"not checked: ftcli.patch is not available ({err})")
+        return _finding("numerics-kernels", "info", f"not checked: ftcli.engine.patch is not available ({err})")
     device = next(model.parameters()).device
     batch = _batch(samples, pad_id, device)
     reference = _loss(model, batch)
@@ -127,7 +127,7 @@ def kernels_check(model, samples: list[dict], pad_id: int, tol: float) -> Findin
             patch.undo(report)
     replaced = sorted(getattr(report, "replaced", {}) or {})
     if not replaced:
-        return _finding("numerics-kernels", "info", "not checked: ftcli.patch replaced nothing on this architecture")
+        return _finding("numerics-kernels", "info", "not checked: ftcli.engine.patch replaced nothing on this architecture")
     diff = abs(patched - reference) / max(abs(reference), 1e-12)
     detail = (f"unpatched {reference:.6f}, patched ({', '.join(replaced)}; {getattr(report, 'impl', '?')}) "
               f"{patched:.6f}, relative difference {diff:.1e}")
@@ -145,26 +145,27 @@ def noise_tolerance(model, samples: list[dict], pad_id: int, floor: float) -> fl
 
 
 def run(recipe_path: str | Path, overrides=(), n_samples: int = 4, ga: int = 2) -> Report:
-    from ftcli import chat, data, models
+    from ftcli.data import templates, formats, supervised
+    from ftcli.models import pretrained
     from ftcli import recipe as recipe_mod
 
     path = Path(recipe_path)
     if not (path.is_file() and path.suffix in (".yaml", ".yml")):
         raise BadInput(f"--numerics needs a recipe (.yaml), got {recipe_path}")
     recipe = recipe_mod.load(path, list(overrides))
-    model, tokenizer = models.load(recipe.model)
-    template = chat.resolve(recipe.template.name, tokenizer)  # ChatTemplateError is a BadInput (exit 2)
+    model, tokenizer = pretrained.load(recipe.model)
+    template = templates.resolve(recipe.template.name, tokenizer)  # ChatTemplateError is a BadInput (exit 2)
     section = recipe.dataset.model_copy(update={"max_samples": max(n_samples * 4, 8), "skip_invalid": True})
-    rows, fmt, _ = data.read_rows(section)
+    rows, fmt, _ = formats.read_rows(section)
     encoded = []
     for row in rows:
         if "messages" not in row and "text" not in row:
             if not (row.get("prompt") and row.get("chosen")):
                 continue
-            from ftcli.stages.common import as_messages  # a preference pair: the prompt and its chosen reply
+            from ftcli.data.messages import as_messages  # a preference pair: the prompt and its chosen reply
 
             row = {"messages": as_messages(row["prompt"], "user") + as_messages(row["chosen"], "assistant")}
-        enc = data.encode_sft_row(row, template, tokenizer, recipe.template.train_on, recipe.model.max_seq_length)
+        enc = supervised.encode_sft_row(row, template, tokenizer, recipe.template.train_on, recipe.model.max_seq_length)
         if any(label != IGNORE for label in enc["labels"][1:]):
             encoded.append(enc)
         if len(encoded) == n_samples:

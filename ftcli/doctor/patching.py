@@ -103,14 +103,14 @@ def _reset_rows(weight, ids: list[int]) -> None:
 
 
 def _edit_tokenizer_json(tj: dict, s: Subject, patch: Patch) -> None:
-    from ftcli.doctor.checks_tokenizer_files import MISTRAL_REGEX, _template_processors
+    from ftcli.doctor.checks_tokenizer_files import MISTRAL_REGEX, template_processors
 
     if patch.make_special:
         for entry in tj.get("added_tokens") or []:
             if entry.get("content") in patch.make_special:
                 entry["special"] = True
     if patch.rebuild_post_processor:
-        for pp in _template_processors(tj.get("post_processor")):
+        for pp in template_processors(tj.get("post_processor")):
             for spec in (pp.get("special_tokens") or {}).values():
                 spec["ids"] = [s.id_of(t) if s.id_of(t) is not None else i
                                for t, i in zip(spec.get("tokens") or [], spec.get("ids") or [])]

@@ -379,12 +379,12 @@ class Subject:
             return self.chat
         if self.template is None:
             return None
-        from ftcli import chat
+        from ftcli.data import templates
 
         eot = self.end_of_turn()
         stops = tuple(t for t in (eot, self.eos) if t)
         supports_system = self.try_render(probes.SUA) is not None
-        return chat.ChatTemplate("auto", self.template, eot, stops, supports_system)
+        return templates.ChatTemplate("auto", self.template, eot, stops, supports_system)
 
     def encode_ids(self, text: str, special: bool = False) -> list[int] | None:
         if self.tokenizer is None:

@@ -188,7 +188,7 @@ def read_resolved_recipe(run_dir: Path):
 
 
 def from_run_dir(run_dir: Path) -> Subject:
-    from ftcli.models import resolve_name
+    from ftcli.models.pretrained import resolve_name
 
     recipe = read_resolved_recipe(run_dir)
     for sub in ("merged", "model", "adapter"):
@@ -207,23 +207,24 @@ def from_run_dir(run_dir: Path) -> Subject:
 
 
 def from_recipe(path: Path, overrides=(), sample_rows: int = 8) -> Subject:
-    from ftcli import chat, data, models
+    from ftcli.data import templates, formats
+    from ftcli.models import pretrained
     from ftcli import recipe as recipe_mod
 
     recipe = recipe_mod.load(path, list(overrides))
-    model, tokenizer = models.load(recipe.model)
-    template = chat.resolve(recipe.template.name, tokenizer)  # ChatTemplateError is a BadInput (exit 2)
+    model, tokenizer = pretrained.load(recipe.model)
+    template = templates.resolve(recipe.template.name, tokenizer)  # ChatTemplateError is a BadInput (exit 2)
     samples = []
     try:
         section = recipe.dataset.model_copy(update={"max_samples": sample_rows, "skip_invalid": True})
-        samples, _, _ = data.read_rows(section)
+        samples, _, _ = formats.read_rows(section)
     except Exception as err:  # noqa: BLE001 - the data is optional for the doctor
         notes = [f"dataset rows could not be read ({err}): data checks skipped"]
     else:
         notes = []
     subject = from_objects(model, tokenizer, template, recipe, kind="recipe", samples=samples)
     subject.notes += notes
-    folder = Path(models.resolve_name(recipe.model.name))
+    folder = Path(pretrained.resolve_name(recipe.model.name))
     if folder.is_dir():
         subject.folder = folder  # --fix writes corrected copies of this folder's files
     return subject
@@ -231,8 +232,8 @@ def from_recipe(path: Path, overrides=(), sample_rows: int = 8) -> Subject:
 
 def resolve_target(target: str, overrides=()) -> Subject:
     """Any TARGET of `ftcli doctor` -> Subject; BadInput when it cannot be read."""
-    from ftcli import builtin
-    from ftcli.models import resolve_name
+    from ftcli.models import builtin
+    from ftcli.models.pretrained import resolve_name
 
     path = Path(target).expanduser()
     if target.endswith((".yaml", ".yml")) and path.is_file():

@@ -96,7 +96,7 @@ def _order(name: str):
 
 def base_model_folder(name: str) -> Path:
     """A local folder for the base model: a path, a builtin, or a Hugging Face id from the local cache."""
-    from ftcli.models import resolve_name
+    from ftcli.models.pretrained import resolve_name
 
     resolved = resolve_name(name)
     if Path(resolved).is_dir():

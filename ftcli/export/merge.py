@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ftcli.rundir import atomic_dir
+from ftcli.files import atomic_dir
 
 
 def merge_adapter(base_name: str, adapter_dir: Path, dtype: torch.dtype, trust_remote_code: bool = False):
@@ -19,7 +19,7 @@ def merge_adapter(base_name: str, adapter_dir: Path, dtype: torch.dtype, trust_r
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ftcli.models import resolve_name
+    from ftcli.models.pretrained import resolve_name
 
     base = AutoModelForCausalLM.from_pretrained(resolve_name(base_name), dtype=dtype,
                                                 trust_remote_code=trust_remote_code)

@@ -98,14 +98,14 @@ class _Renderer:
         self.bos = tokenizer.bos_token if strip_bos else None
 
     def __call__(self, messages: list[dict]) -> str | None:
-        from ftcli import chat
-        from ftcli.data import fold_system
+        from ftcli.data import templates
+        from ftcli.data.messages import fold_system
 
         if not self.template.supports_system:  # as training does: system text joins the first user turn
             messages = fold_system(messages)
         try:
-            text = chat.render(self.template, messages, self.tokenizer, add_generation_prompt=True)
-        except chat.ChatTemplateError:
+            text = templates.render(self.template, messages, self.tokenizer, add_generation_prompt=True)
+        except templates.ChatTemplateError:
             return None
         if self.bos and text.startswith(self.bos):
             text = text[len(self.bos):]

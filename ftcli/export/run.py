@@ -104,25 +104,25 @@ def plan_formats(src: Source, opts: ExportOptions) -> ExportOptions:
     return opts
 
 
-def _torch_dtype(name: str):
-    from ftcli import models
+def torch_dtype(name: str):
+    from ftcli.models import pretrained
     from ftcli.recipe import ModelSection
 
-    return models.pick_dtype(ModelSection(name="x", dtype=name if name in models.DTYPES or name == "auto" else "auto"))
+    return pretrained.pick_dtype(ModelSection(name="x", dtype=name if name in pretrained.DTYPES or name == "auto" else "auto"))
 
 
-def _template(src: Source, tokenizer, override: str | None):
+def run_template(src: Source, tokenizer, override: str | None):
     """The training chat template: the run's family (for its stop tokens) or the tokenizer's own."""
-    from ftcli import chat
+    from ftcli.data import templates
 
     name = override or src.template_name
-    with contextlib.suppress(chat.ChatTemplateError):
-        template = chat.resolve(name, tokenizer)
+    with contextlib.suppress(templates.ChatTemplateError):
+        template = templates.resolve(name, tokenizer)
         # The template saved with the run wins over a family file edited since.
         saved = getattr(tokenizer, "chat_template", None)
         if override or not saved or saved == template.source:
             return template
-    return chat.resolve("auto", tokenizer)
+    return templates.resolve("auto", tokenizer)
 
 
 def _disk_check(out_parent: Path, model_dir: Path, opts: ExportOptions, base: str, copy: bool) -> None:
@@ -171,7 +171,7 @@ def _hf_model(src: Source, template_source_fn, keep_at: Path | None, log):
         raise BadInput(f"{src.root}/recipe.resolved.yaml names no model.name to merge the adapter into")
     log(f"merging {src.adapter_dir} into the 16-bit base {src.base_name}"
         + (" (QLoRA: the original 16-bit weights, not the 4-bit ones)" if src.load_in_4bit else ""))
-    merged = merge_adapter(src.base_name, src.adapter_dir, _torch_dtype(src.dtype))
+    merged = merge_adapter(src.base_name, src.adapter_dir, torch_dtype(src.dtype))
     tokenizer = AutoTokenizer.from_pretrained(str(src.adapter_dir))
     tmp = None
     if keep_at is None:
@@ -219,21 +219,21 @@ def export(target: Path, opts: ExportOptions, log: Callable[[str], None] = lambd
                     "versions": _versions(), "files": [], "notes": []}
     from transformers import AutoTokenizer
 
-    from ftcli.rundir import atomic_dir
+    from ftcli.files import atomic_dir
 
     with atomic_dir(out) as tmp:
         tmp.chmod(0o755)
         template_holder: dict = {}
 
         def template_source(tokenizer):
-            template_holder["t"] = _template(src, tokenizer, opts.template)
+            template_holder["t"] = run_template(src, tokenizer, opts.template)
             return template_holder["t"].source
 
         keep = tmp / "merged" if opts.safetensors and src.model_dir is None else None
         with _hf_model(src, template_source, keep, log) as model_dir:
             _disk_check(out.parent, model_dir, opts, base, copy=opts.safetensors and keep is None)
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            template = template_holder.get("t") or _template(src, tokenizer, opts.template)
+            template = template_holder.get("t") or run_template(src, tokenizer, opts.template)
             report["template"] = {"name": template.name, "end_of_turn": template.end_of_turn,
                                   "stop_tokens": list(template.stop_tokens)}
             if opts.safetensors and keep is None:
@@ -244,9 +244,9 @@ def export(target: Path, opts: ExportOptions, log: Callable[[str], None] = lambd
             modelfile = None
             if opts.ollama:  # before the slow part: a template that cannot be translated stops here
                 from ftcli.export import ollama
-                from ftcli.export.vocab import _adds_special
+                from ftcli.export.vocab import adds_special
 
-                strip_bos = _adds_special(tokenizer, tokenizer.bos_token_id, first=True)
+                strip_bos = adds_special(tokenizer, tokenizer.bos_token_id, first=True)
                 modelfile = ollama.build_modelfile(f"model-{opts.gguf[0]}.gguf", template, tokenizer, strip_bos,
                                                    system=opts.system or src.system_prompt,
                                                    header=f"written by ftcli export from {src.root}")
@@ -400,12 +400,12 @@ def verify_existing(src: Source, out: Path, opts: ExportOptions, log) -> dict:
     holder: dict = {}
 
     def template_source(tokenizer):
-        holder["t"] = _template(src, tokenizer, opts.template)
+        holder["t"] = run_template(src, tokenizer, opts.template)
         return holder["t"].source
 
     with _hf_model(src, template_source, None, log) as model_dir:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        template = holder.get("t") or _template(src, tokenizer, opts.template)
+        template = holder.get("t") or run_template(src, tokenizer, opts.template)
         log("computing reference logits with the Hugging Face model (float32)")
         ref = verify.build_reference(model_dir, template)
         report["tokenization"] = verify.compare_tokenization(ref, ggufs[0])

@@ -59,12 +59,12 @@ def build_reference(model_dir: Path, template, threads: int | None = None) -> Re
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftcli import chat
+    from ftcli.data import templates
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     conversation = conversation_for(template)
-    rendered = chat.render(template, conversation, tokenizer, add_generation_prompt=True)
-    samples = [chat.prompt_ids(template, conversation, tokenizer)[:MAX_TOKENS]]
+    rendered = templates.render(template, conversation, tokenizer, add_generation_prompt=True)
+    samples = [templates.prompt_ids(template, conversation, tokenizer)[:MAX_TOKENS]]
     samples += [list(tokenizer(t)["input_ids"])[:MAX_TOKENS] for t in PLAIN_TEXTS[:2]]
 
     if threads:
@@ -83,7 +83,7 @@ def build_reference(model_dir: Path, template, threads: int | None = None) -> Re
     if specials:  # starts with a special token, so the SentencePiece start-of-text prefix is not in play
         texts.append(("special", " ".join(specials + added[:8]) + " end" + specials[-1] + "x\n" + specials[0]))
     texts.append(("chat", rendered))
-    texts.append(("chat", chat.render(template, conversation[:-1] if template.supports_system else
+    texts.append(("chat", templates.render(template, conversation[:-1] if template.supports_system else
                                       conversation[:2], tokenizer)))
     return Reference(tokenizer=tokenizer, samples=samples, logits=logits, texts=texts)
 

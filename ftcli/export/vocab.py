@@ -111,7 +111,7 @@ def _merge_strings(merges: list) -> list[str]:
     return out
 
 
-def _adds_special(tokenizer, token_id: int | None, first: bool) -> bool:
+def adds_special(tokenizer, token_id: int | None, first: bool) -> bool:
     """Whether encoding with special tokens puts `token_id` at the start (or end) of the ids."""
     if token_id is None:
         return False
@@ -181,8 +181,8 @@ def read_vocab(model_dir: Path, n_rows: int, end_of_turn: str | None = None) -> 
 
     vocab = Vocab(model="llama" if spm else "gpt2", pre="default" if spm else _bpe_pre_name(data),
                   tokens=tokens, types=types, special_ids=special_ids,
-                  add_bos=_adds_special(tokenizer, special_ids.get("bos"), first=True),
-                  add_eos=_adds_special(tokenizer, special_ids.get("eos"), first=False),
+                  add_bos=adds_special(tokenizer, special_ids.get("bos"), first=True),
+                  add_eos=adds_special(tokenizer, special_ids.get("eos"), first=False),
                   padded=sum(1 for i in range(n_rows) if i not in by_id),
                   rstrip_special=any(a.get("special") and a.get("rstrip") for a in added.values()))
     if spm:

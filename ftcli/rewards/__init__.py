@@ -10,13 +10,16 @@ A recipe lists rewards under `train.grpo.rewards`, each with a `type` and a `wei
 `build(specs, columns)` checks every reward against the dataset (columns exist, user modules
 import, signatures fit) and returns TRL reward callables: `fn(prompts, completions, **columns)
 -> list[float]`, each with a `__name__` under which TRL logs `rewards/<name>/mean`.
-specs.py holds the declarations (recipe.py imports them; nothing heavy is imported), scoring.py
-the pure scoring functions, callables.py the TRL callables and their checks.
+ftcli/recipe/rewards.py holds the declarations (part of the recipe's schema), scoring.py
+the pure scoring functions, callables.py the TRL callables and their checks, sandbox.py runs generated
+code for `code_tests`.
+
+May import: ftcli.recipe (the reward specs are schema and live there), ftcli.errors.
 """
 
 from ftcli.rewards.callables import Reward, build, import_function, weights
 from ftcli.rewards.scoring import completion_text, extract_answer, parse_number
-from ftcli.rewards.specs import REWARD_TYPES, RewardSpec, RewardSpecError, parse_specs
+from ftcli.recipe.rewards import REWARD_TYPES, RewardSpec, RewardSpecError, parse_specs
 
 __all__ = ["REWARD_TYPES", "Reward", "RewardSpec", "RewardSpecError", "build", "completion_text", "extract_answer",
            "import_function", "parse_number", "parse_specs", "weights"]

@@ -11,8 +11,8 @@ from typing import Callable
 
 
 from ftcli.errors import BadInput
-from ftcli.rewards.specs import FunctionReward
-from ftcli.rewards.scoring import _length_of, completion_text, score_exact_match, score_format, score_json_valid, score_length, score_numeric_match, score_regex
+from ftcli.recipe.rewards import FunctionReward
+from ftcli.rewards.scoring import length_of, completion_text, score_exact_match, score_format, score_json_valid, score_length, score_numeric_match, score_regex
 
 
 TRL_EXTRAS = ("trainer_state", "log_extra", "log_metric", "environments")
@@ -47,7 +47,7 @@ class CodeTests(Reward):
     """Runs all completions of a batch in parallel sandboxes."""
 
     def __call__(self, prompts=None, completions=None, completion_ids=None, **kwargs) -> list[float | None]:
-        from ftcli import sandbox
+        from ftcli.rewards import sandbox
 
         spec = self.spec
         texts = [completion_text(c) for c in (completions or [])]
@@ -69,7 +69,7 @@ def _builtin(spec, name: str) -> Reward:
     if kind == "format":
         return Reward(name, spec, lambda t, p, i, target: score_format(spec, t, p))
     if kind == "length":
-        return Reward(name, spec, lambda t, p, i, target: score_length(spec, _length_of(spec, t, i)))
+        return Reward(name, spec, lambda t, p, i, target: score_length(spec, length_of(spec, t, i)))
     if kind == "json_valid":
         return Reward(name, spec, lambda t, p, i, target: score_json_valid(spec, t))
     if kind == "code_tests":
@@ -215,7 +215,7 @@ def build(specs: list, columns: list[str], first_row: dict | None = None) -> lis
                            hint=f"set column: {close[0]}" if close else "set `column:` on the reward, or map your "
                                 "column with dataset.columns")
         if spec.type == "code_tests" and first_row is not None:
-            from ftcli import sandbox
+            from ftcli.rewards import sandbox
 
             try:
                 sandbox.normalise_tests(first_row.get(spec.column))

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 
-from ftcli.rewards.specs import ExactMatchReward, FormatReward, JsonValidReward, LengthReward, NumericMatchReward, RegexReward
+from ftcli.recipe.rewards import ExactMatchReward, FormatReward, JsonValidReward, LengthReward, NumericMatchReward, RegexReward
 
 
 _NUMBER = re.compile(r"-?\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?|-?\.\d+")
@@ -207,7 +207,7 @@ def score_json_valid(spec: JsonValidReward, text: str) -> float:
     return 1.0
 
 
-def _length_of(spec: LengthReward, text: str, ids: list[int] | None) -> int:
+def length_of(spec: LengthReward, text: str, ids: list[int] | None) -> int:
     if spec.unit == "tokens":
         return len(ids) if ids is not None else len(text.split())
     if spec.unit == "words":

@@ -2,7 +2,7 @@
 
 Rows come from data.read_rows as {prompt, chosen, rejected} (text or message lists; implicit
 pairs are already split at their shared prefix). Each pair is rendered with the same template
-and BOS rule as SFT (chat.encode), so the reply tokens DPO scores are exactly the tokens SFT
+and BOS rule as SFT (templates.encode), so the reply tokens DPO scores are exactly the tokens SFT
 trains: the assistant turn up to and including its end-of-turn token.
 
 The reference model: with LoRA it is the same network with the adapter switched off (TRL's
@@ -17,14 +17,15 @@ from __future__ import annotations
 from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
-from ftcli import chat
+from ftcli.data import templates
 from ftcli.errors import DataError
 from ftcli.recipe import Recipe
-from ftcli.stages import logprobs
-from ftcli.stages.common import finish  # noqa: F401  (train.py calls stage.finish after training)
-from ftcli.stages.common import as_messages, prompt_messages, trainer_kwargs, use_base_as_reference
+from ftcli.engine import logprobs
+from ftcli.data.messages import as_messages, prompt_messages
+from ftcli.stages.base import TrainerSetup, without_fused_loss
+from ftcli.stages.trainer_args import finish, trainer_kwargs, use_base_as_reference
 
-IGNORE = chat.IGNORE_INDEX
+IGNORE = templates.IGNORE_INDEX
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -39,13 +40,13 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def encode_pair(row: dict, template, tokenizer, system: str | None = None) -> dict:
     """{prompt_ids, chosen_ids, rejected_ids} for one preference row (no truncation)."""
     prompt = prompt_messages(row["prompt"], system, template)
-    ids = chat.prompt_ids(template, prompt, tokenizer)
+    ids = templates.prompt_ids(template, prompt, tokenizer)
     full = {}
     for key in ("chosen", "rejected"):
         reply = as_messages(row[key], "assistant")
         if reply[0]["role"] != "assistant":
             raise ValueError(f"`{key}` must start with an assistant turn")
-        enc = chat.encode(template, prompt + reply, tokenizer, train_on="assistant")
+        enc = templates.encode(template, prompt + reply, tokenizer, train_on="assistant")
         trained = [i for i, label in enumerate(enc["labels"]) if label != IGNORE]
         full[key] = enc["input_ids"][: trained[-1] + 1] if trained else enc["input_ids"]
     # The reply starts where the tokenized prompt and prompt+reply part (usually right after the prompt;
@@ -67,7 +68,7 @@ def build_dataset(rows: list[dict], template, tokenizer, recipe: Recipe, report)
     for number, row in enumerate(rows, start=1):
         try:
             pair = encode_pair(row, template, tokenizer, recipe.dataset.system_prompt)
-        except chat.ChatTemplateError as err:
+        except templates.ChatTemplateError as err:
             raise DataError(f"preference pair {number}: the chat template {template.name!r} cannot render it: "
                             f"{err.message}", hint=err.hint) from None
         except ValueError as err:
@@ -126,3 +127,26 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset,
     reason = logprobs.install(trainer.model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
     log("log-probs: ftcli fused kernel" if reason is None else f"log-probs: TRL's chunked fused head ({reason})")
     return trainer
+
+
+class DpoStage:
+    """Preference tuning on chosen/rejected pairs (the Stage protocol, stages/base.py)."""
+
+    name = "dpo"
+
+    def build_datasets(self, recipe: Recipe, train_rows: list, eval_rows: list, template, tokenizer, report):
+        train = build_dataset(train_rows, template, tokenizer, recipe, report)
+        return train, (build_dataset(eval_rows, template, tokenizer, recipe, report) if eval_rows else None)
+
+    def build_trainer(self, setup: TrainerSetup):
+        return build_trainer(setup.recipe, setup.model, setup.tokenizer, setup.train_set, setup.eval_set,
+                             checkpoints_dir=setup.checkpoints_dir, precision=setup.precision,
+                             report_to=setup.report_to, callbacks=setup.callbacks, log=setup.log)
+
+    def kernel_ops(self, requested, sharded: bool):
+        # Log-probs go through the stage's own fused head (engine/logprobs.py), not the fused loss.
+        return without_fused_loss(requested), None
+
+    def finish(self, trainer) -> None:
+        finish(trainer)
+

@@ -1,7 +1,7 @@
 """GRPO stage: TRL's GRPOTrainer on prompt datasets, with rewards declared in the recipe.
 
 Prompts are rendered here with the recipe's chat template (generation prompt, BOS exactly as in
-SFT) and handed to TRL as text, so TRL's tokenizer call reproduces chat.prompt_ids; generation
+SFT) and handed to TRL as text, so TRL's tokenizer call reproduces templates.prompt_ids; generation
 stops on the template's stop tokens. Every other dataset column (answer, tests, ...) reaches
 the reward functions by name.
 
@@ -24,12 +24,14 @@ import torch
 from transformers import PrinterCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from ftcli import chat, rewards
+from ftcli.data import templates
+from ftcli import rewards
 from ftcli.errors import DataError
 from ftcli.recipe import Recipe
-from ftcli.stages import logprobs
-from ftcli.stages.common import finish  # noqa: F401  (train.py calls stage.finish after training)
-from ftcli.stages.common import prompt_messages, trainer_kwargs, use_base_as_reference
+from ftcli.engine import logprobs
+from ftcli.data.messages import prompt_messages
+from ftcli.stages.base import TrainerSetup, without_fused_loss
+from ftcli.stages.trainer_args import finish, trainer_kwargs, use_base_as_reference
 
 AUTO_TOKENS_PER_FORWARD = 4096
 # Loss types whose normaliser is per sequence (piece weight = its share of sequences), per token, or global.
@@ -44,11 +46,11 @@ _MULTIMODAL_KEYS = ("pixel_values", "image_grid_thw", "num_images", "pixel_atten
 
 
 def prompt_text(template, tokenizer, messages: list[dict]) -> tuple[str, list[int]]:
-    """The generation prompt as text that TRL's `tokenizer(text)` turns into chat.prompt_ids(...)."""
-    text = chat.render(template, messages, tokenizer, add_generation_prompt=True)
-    ids = chat.prompt_ids(template, messages, tokenizer)
+    """The generation prompt as text that TRL's `tokenizer(text)` turns into templates.prompt_ids(...)."""
+    text = templates.render(template, messages, tokenizer, add_generation_prompt=True)
+    ids = templates.prompt_ids(template, messages, tokenizer)
     bos = getattr(tokenizer, "bos_token", None)
-    if bos and text.startswith(bos) and chat._adds_bos(tokenizer):
+    if bos and text.startswith(bos) and templates.adds_bos(tokenizer):
         text = text[len(bos):]  # the tokenizer puts it back
     return text, ids
 
@@ -66,7 +68,7 @@ def build_dataset(rows: list[dict], template, tokenizer, recipe: Recipe, report)
         try:
             messages = prompt_messages(row["prompt"], recipe.dataset.system_prompt, template)
             text, ids = prompt_text(template, tokenizer, messages)
-        except chat.ChatTemplateError as err:
+        except templates.ChatTemplateError as err:
             raise DataError(f"prompt {number}: the chat template {template.name!r} cannot render it: "
                             f"{err.message}", hint=err.hint) from None
         except (KeyError, TypeError) as err:
@@ -197,7 +199,7 @@ def build_rewards(recipe: Recipe, train_dataset) -> list:
 def build_trainer(recipe: Recipe, model, tokenizer, template, train_dataset, eval_dataset, checkpoints_dir: str,
                   precision: dict, report_to: list[str], callbacks: list, reward_funcs: list,
                   log=lambda _: None):
-    from ftcli.generate import stop_token_ids
+    from ftcli.data.templates import stop_token_ids
 
     args = trainer_args(recipe, checkpoints_dir, precision, eval_dataset is not None, report_to)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -212,3 +214,34 @@ def build_trainer(recipe: Recipe, model, tokenizer, template, train_dataset, eva
                               outputs=("log_probs", "entropy"))
     log("log-probs: ftcli fused kernel" if reason is None else f"log-probs: TRL's chunked fused head ({reason})")
     return trainer
+
+
+class GrpoStage:
+    """Group-relative policy optimisation with the recipe's rewards (the Stage protocol, stages/base.py).
+
+    The rewards are built and checked against the training rows with the datasets, before any model work.
+    """
+
+    name = "grpo"
+
+    def __init__(self):
+        self.reward_funcs: list = []
+
+    def build_datasets(self, recipe: Recipe, train_rows: list, eval_rows: list, template, tokenizer, report):
+        train = build_dataset(train_rows, template, tokenizer, recipe, report)
+        self.reward_funcs = build_rewards(recipe, train)
+        return train, (build_dataset(eval_rows, template, tokenizer, recipe, report) if eval_rows else None)
+
+    def build_trainer(self, setup: TrainerSetup):
+        return build_trainer(setup.recipe, setup.model, setup.tokenizer, setup.template, setup.train_set,
+                             setup.eval_set, checkpoints_dir=setup.checkpoints_dir, precision=setup.precision,
+                             report_to=setup.report_to, callbacks=setup.callbacks, reward_funcs=self.reward_funcs,
+                             log=setup.log)
+
+    def kernel_ops(self, requested, sharded: bool):
+        # Log-probs go through the stage's own fused head (engine/logprobs.py), not the fused loss.
+        return without_fused_loss(requested), None
+
+    def finish(self, trainer) -> None:
+        finish(trainer)
+

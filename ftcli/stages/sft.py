@@ -9,14 +9,16 @@ prove the difference.
 
 from __future__ import annotations
 
-import torch
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
-from ftcli import guards
+from ftcli.stages import guards
+from ftcli.data import supervised
+from ftcli.data.packing import BlockDiagonalPacking, has_sliding_window
 from ftcli.errors import BadInput
 from ftcli.recipe import Recipe
-from ftcli.stages.common import trainer_kwargs
+from ftcli.stages.base import TrainerSetup, without_fused_loss
+from ftcli.stages.trainer_args import trainer_kwargs
 
 # Test hook for the negative control of the gradient-accumulation test; never set in real runs.
 EXACT_GA = True
@@ -73,38 +75,29 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset,
     return trainer
 
 
-def has_sliding_window(model) -> bool:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return bool(getattr(config, "sliding_window", None))
+class SftStage:
+    """Supervised finetuning on ready input_ids/labels (the Stage protocol, stages/base.py)."""
 
+    name = "sft"
 
-class BlockDiagonalPacking:
-    """Padding-free packing for SDPA: packed rows never attend to each other.
+    def build_datasets(self, recipe: Recipe, train_rows: list, eval_rows: list, template, tokenizer, report):
+        def build(rows):
+            return supervised.build_sft(rows, template, tokenizer, recipe.template.train_on,
+                                        recipe.model.max_seq_length, report)
+        return build(train_rows), (build(eval_rows) if eval_rows else None)
 
-    TRL's padding-free batches tell rows apart by position_ids / cu_seq_lens, which flash attention
-    reads. SDPA and eager read them only where transformers builds the mask itself: with no
-    attention_mask and no KV cache (training runs without one, train.py). Otherwise each row would
-    attend to the rows packed before it (measured here: logits off by ~5 on a tiny model).
-    Full-attention models get an explicit [1, 1, T, T] block-diagonal causal mask (T² bits: 64 MiB
-    for 8192 packed tokens). Sliding-window models get no mask: a custom 4-D mask replaces
-    transformers' per-layer masks, so the local layers would lose their window (Gemma 3: logits off by
-    ~4, tests/test_packing.py); transformers then composes the window with the packed rows itself.
-    """
+    def build_trainer(self, setup: TrainerSetup):
+        return build_trainer(setup.recipe, setup.model, setup.tokenizer, setup.train_set, setup.eval_set,
+                             checkpoints_dir=setup.checkpoints_dir, precision=setup.precision,
+                             report_to=setup.report_to, callbacks=setup.callbacks)
 
-    def __init__(self, collator, sliding: bool = False):
-        self.collator = collator
-        self.sliding = sliding
+    def kernel_ops(self, requested, sharded: bool):
+        if not sharded:
+            return requested, None
+        # Under FSDP the fused loss would read lm_head's weight outside lm_head's forward, where FSDP gathers it.
+        return (without_fused_loss(requested),
+                "kernels: fused_linear_ce off under FSDP (the model's own lm_head + loss run instead)")
 
-    def __call__(self, examples):
-        batch = self.collator(examples)
-        for key in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"):
-            batch.pop(key, None)
-        if self.sliding:
-            batch.pop("attention_mask", None)  # position_ids alone: transformers finds the packed rows
-            return batch
-        positions = batch["position_ids"][0]
-        segment = (positions == 0).cumsum(0)
-        n = positions.shape[0]
-        causal = torch.ones(n, n, dtype=torch.bool, device=positions.device).tril()
-        batch["attention_mask"] = (causal & (segment[:, None] == segment[None, :]))[None, None]
-        return batch
+    def finish(self, trainer) -> None:
+        pass
+

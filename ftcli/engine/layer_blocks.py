@@ -4,10 +4,10 @@ A layer checkpointed whole recomputes all its activations before the backward of
 the attention's saved tensors (norm output, q/k/v, attention output) sit in memory through the MLP's
 backward, where the peak is. Checkpointing the two halves separately keeps the hidden state between
 them as a second checkpoint (offloaded to the host like the first, so it costs no GPU memory), and only
-one half's activations exist at a time (ftcli/memory.py prices both; docs/speed.md has the figures).
+one half's activations exist at a time (ftcli/engine/memory.py prices both; docs/speed.md has the figures).
 
 Each half is "norm, sublayer, (norm), residual add", so its gradient is the same as the whole layer's.
-The MLP half treats every token on its own, so ftcli/offload.py may also recompute it in token chunks.
+The MLP half treats every token on its own, so ftcli/engine/offload.py may also recompute it in token chunks.
 Only the families whose layer forward we know are split (the `model_type`s in LAYOUTS); any other
 layer is checkpointed whole.
 """

@@ -190,9 +190,9 @@ _META_KEYS = ("bos_token", "eos_token", "pad_token", "add_bos_token", "end_of_tu
 
 def _family_meta(family: str) -> tuple[dict, str]:
     """templates/<family>.yaml facts and the template text, from ftcli.chat."""
-    from ftcli import chat  # lazy, so importing ftcli.builtin stays cheap
+    from ftcli.data import templates  # lazy, so importing ftcli.models.builtin stays cheap
 
-    return dict(chat.family_info(family)), chat.load_family(family).source
+    return dict(templates.family_info(family)), templates.load_family(family).source
 
 
 def _resolved_meta(spec: _Spec, meta: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Load the base model and tokenizer (hub id, local folder or builtin:) and attach LoRA."""
+"""Load the base model, its config and its tokenizer from a hub id, a local folder or builtin:."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ from pathlib import Path
 import torch
 
 from ftcli.errors import BadInput, MissingPackage
-from ftcli.hf_compat import enable_checkpointing
-from ftcli.recipe import LoraSection, ModelSection
+from ftcli.models import builtin
+from ftcli.recipe import ModelSection
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
 def resolve_name(name: str) -> str:
     """A builtin name becomes its cached folder; anything else is passed to from_pretrained as is."""
-    from ftcli import builtin
-
     if builtin.is_builtin(name):
         try:
             return str(builtin.builtin_path(name))
@@ -66,17 +64,24 @@ def load_tokenizer(section: ModelSection):
     return tokenizer
 
 
-def load(section: ModelSection):
-    """(model, tokenizer) for a recipe's model section."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_config(section: ModelSection):
+    """The model's config (read once per run: the memory plan and the model load share it)."""
+    from transformers import AutoConfig
 
-    path = resolve_name(section.name)
-    dtype = pick_dtype(section)
     try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=section.trust_remote_code)
+        return AutoConfig.from_pretrained(resolve_name(section.name), trust_remote_code=section.trust_remote_code)
     except (OSError, ValueError) as err:
         raise BadInput(f"model.name {section.name!r}: {str(err).splitlines()[0]}",
                        hint="check the id or folder; offline, use builtin:tiny-llama3 or a local folder") from None
+
+
+def load(section: ModelSection, config=None):
+    """(model, tokenizer) for a recipe's model section; `config`: its load_config, when already read."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_name(section.name)
+    dtype = pick_dtype(section)
+    config = config if config is not None else load_config(section)
     kwargs = {"dtype": dtype, "trust_remote_code": section.trust_remote_code}
     if section.attn_implementation != "auto":
         kwargs["attn_implementation"] = section.attn_implementation
@@ -93,41 +98,6 @@ def load(section: ModelSection):
     if torch.cuda.is_available() and not section.load_in_4bit:
         model = model.to("cuda")
     return model, tokenizer
-
-
-def add_lora(model, section: LoraSection | None, gradient_checkpointing: bool):
-    """Wrap the model in a PEFT LoRA model (or leave it whole for a full finetune)."""
-    if gradient_checkpointing:
-        enable_checkpointing(model)
-        model.config.use_cache = False
-    if section is None:
-        return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
-    config = LoraConfig(
-        r=section.r,
-        lora_alpha=section.alpha,
-        lora_dropout=section.dropout,
-        target_modules=section.target_modules,
-        use_rslora=section.use_rslora,
-        use_dora=section.use_dora,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    try:
-        return get_peft_model(model, config)
-    except ValueError as err:
-        raise BadInput(f"lora.target_modules {section.target_modules!r}: {str(err).splitlines()[0]}",
-                       hint="use all-linear, or module names such as [q_proj, k_proj, v_proj, o_proj]") from None
-
-
-def trainable_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
 
 
 def is_local_folder(name: str) -> bool:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from ftcli.hf_compat import checkpointing_args
+import importlib.util
+
+import torch
+
+from ftcli.models.hf_compat import checkpointing_args
 from ftcli.recipe import Recipe
 
 
@@ -57,21 +61,6 @@ def distributed_kwargs(recipe: Recipe) -> dict:
                             "sync_module_states": True, "cpu_ram_efficient_loading": False}}
 
 
-def as_messages(value, role: str) -> list[dict]:
-    """A prompt or reply given as plain text becomes one message of `role`; message lists pass through."""
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
-def prompt_messages(value, system: str | None, template) -> list[dict]:
-    """The prompt as the template will see it: the recipe's system prompt added, folded when unsupported."""
-    from ftcli.data import _with_system, fold_system
-
-    messages = _with_system(as_messages(value, "user"), system)
-    return messages if template.supports_system else fold_system(messages)
-
-
 def use_base_as_reference(recipe: Recipe, trainer) -> None:
     """A fresh LoRA adapter's reference is the base model with the adapter switched off.
 
@@ -88,9 +77,21 @@ def use_base_as_reference(recipe: Recipe, trainer) -> None:
 def finish(trainer) -> None:
     """After DPO or GRPO: drop TRL's frozen "ref" adapter (a continued adapter's copy) so only the
     trained one is saved, and take our log-prob hook off the model."""
-    from ftcli.stages import logprobs
+    from ftcli.engine import logprobs
 
     model = trainer.model
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")
     logprobs.uninstall(model)
+
+
+def precision_flags(dtype: torch.dtype) -> dict:
+    """Trainer mixed-precision flags for the weights' dtype (none on CPU fp32)."""
+    if not torch.cuda.is_available():
+        return {"use_cpu": True}
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
+
+
+def report_targets() -> list[str]:
+    """TensorBoard when it is installed; never a service that needs an account."""
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []

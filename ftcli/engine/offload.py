@@ -15,7 +15,7 @@ transformers' `GradientCheckpointingLayer` calls `layer._gradient_checkpointing_
 grad enabled). `enable()` swaps that function for `_LayerCheckpoint`, a reentrant-style checkpoint: the
 forward runs under no_grad, the backward reruns the layer with grad and calls `torch.autograd.backward`.
 
-With split blocks (ftcli/layer_blocks.py) a layer has two slots, its input and the hidden state between
+With split blocks (ftcli/engine/layer_blocks.py) a layer has two slots, its input and the hidden state between
 attention and MLP, and the MLP block's backward may run in token chunks (`Tokenwise`).
 
 Only the first positional argument (hidden_states) is offloaded. Keyword arguments are bound in the partial
@@ -40,8 +40,8 @@ from dataclasses import dataclass
 import torch
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ftcli import layer_blocks, memory
-from ftcli.hf_compat import enable_checkpointing
+from ftcli.engine import layer_blocks, memory
+from ftcli.models.hf_compat import enable_checkpointing
 
 MIN_BYTES = 1 << 20  # smaller inputs stay where they are: a copy's fixed cost exceeds what it frees
 
@@ -51,7 +51,7 @@ _OFFLOADERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # base mod
 def enable(model, offload: bool, *, layers: int | None = None, split: bool = False, min_bytes: int = MIN_BYTES,
            keep_last: bool = True, min_chunk_rows: int | None = None) -> int:
     """Checkpoint the first `layers` decoder layers (default: all), non-reentrant; with `offload`, through
-    `_LayerCheckpoint`, and with `split` too, each layer as an attention and an MLP block (ftcli/layer_blocks.py)
+    `_LayerCheckpoint`, and with `split` too, each layer as an attention and an MLP block (ftcli/engine/layer_blocks.py)
     where the architecture's layout is known. A split MLP block recomputes in token chunks (of at least
     `min_chunk_rows` tokens, default memory.MIN_CHUNK_ROWS) when that keeps it under the attention block's peak.
 

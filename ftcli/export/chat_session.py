@@ -18,7 +18,7 @@ from ftcli.errors import BadInput
 
 @dataclass
 class _Shim:
-    """Just enough of a tokenizer for chat.render on a GGUF: the template rendered by transformers' own
+    """Just enough of a tokenizer for templates.render on a GGUF: the template rendered by transformers' own
     Jinja renderer, with the GGUF's bos/eos strings."""
     bos_token: str | None
     eos_token: str | None
@@ -55,17 +55,17 @@ class ChatSession:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ftcli.export.run import _template, _torch_dtype, resolve_source
+        from ftcli.export.run import run_template, torch_dtype, resolve_source
 
         src = resolve_source(self.target)
-        dtype = _torch_dtype(src.dtype) if src.kind == "run" else torch.float32
+        dtype = torch_dtype(src.dtype) if src.kind == "run" else torch.float32
         if src.model_dir is not None:
             folder = src.model_dir
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
         else:
             from peft import PeftModel
 
-            from ftcli.models import resolve_name
+            from ftcli.models.pretrained import resolve_name
 
             folder = src.adapter_dir
             base = AutoModelForCausalLM.from_pretrained(resolve_name(src.base_name), dtype=dtype)
@@ -74,7 +74,7 @@ class ChatSession:
             model = model.to("cuda")
         self.model = model.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.template = _template(src, self.tokenizer, None)
+        self.template = run_template(src, self.tokenizer, None)
         self.kind = "hf"
         self.description = f"{folder} (transformers, template {self.template.name})"
 
@@ -82,10 +82,10 @@ class ChatSession:
         import torch
         from transformers import TextIteratorStreamer
 
-        from ftcli import chat
-        from ftcli.generate import stop_token_ids
+        from ftcli.data import templates
+        from ftcli.data.templates import stop_token_ids
 
-        ids = chat.prompt_ids(self.template, messages, self.tokenizer)
+        ids = templates.prompt_ids(self.template, messages, self.tokenizer)
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([ids], device=device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -114,12 +114,12 @@ class ChatSession:
     def _open_gguf(self) -> None:
         import gguf
 
-        from ftcli import chat
+        from ftcli.data import templates
         from ftcli.export import llamacpp
         from ftcli.export.gguf import STOP_KEY, TEMPLATE_NAME_KEY
 
         reader = gguf.GGUFReader(str(self.target))
-        fields = {name: _field_value(f) for name, f in reader.fields.items()
+        fields = {name: field_value(f) for name, f in reader.fields.items()
                   if name.startswith(("tokenizer.chat_template", "ftcli.", "tokenizer.ggml.bos", "tokenizer.ggml.eos",
                                       "tokenizer.ggml.eot"))}
         source = fields.get("tokenizer.chat_template")
@@ -136,13 +136,13 @@ class ChatSession:
         stops = list(fields.get(STOP_KEY) or [])
         self.tokenizer = _Shim(bos, eos)
         name = fields.get(TEMPLATE_NAME_KEY) or "gguf"
-        draft = chat.ChatTemplate(name, source, eot or eos, tuple(dict.fromkeys(s for s in [eot, *stops, eos] if s)))
+        draft = templates.ChatTemplate(name, source, eot or eos, tuple(dict.fromkeys(s for s in [eot, *stops, eos] if s)))
         try:
-            chat.render(draft, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], self.tokenizer)
+            templates.render(draft, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], self.tokenizer)
             supports_system = True
-        except chat.ChatTemplateError:
+        except templates.ChatTemplateError:
             supports_system = False
-        self.template = chat.ChatTemplate(name, source, draft.end_of_turn, draft.stop_tokens, supports_system)
+        self.template = templates.ChatTemplate(name, source, draft.end_of_turn, draft.stop_tokens, supports_system)
         self.stop_ids = set()
         for text in self.template.stop_tokens:
             ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -154,9 +154,9 @@ class ChatSession:
     def _reply_gguf(self, messages: list[dict]) -> Iterator[str]:
         import llama_cpp
 
-        from ftcli import chat
+        from ftcli.data import templates
 
-        prompt = chat.render(self.template, messages, self.tokenizer, add_generation_prompt=True)
+        prompt = templates.render(self.template, messages, self.tokenizer, add_generation_prompt=True)
         bos = self.tokenizer.bos_token
         ids = self.llm.tokenize(prompt.encode(), add_bos=not (bos and prompt.startswith(bos)), special=True)
         vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
@@ -179,7 +179,7 @@ class ChatSession:
     # --------------------------------------------------------------------------- both
     def reply(self, messages: list[dict]) -> Iterator[str]:
         """Stream the reply to `messages` (which end with a user turn)."""
-        from ftcli.data import fold_system
+        from ftcli.data.messages import fold_system
 
         if not self.template.supports_system:
             messages = fold_system(messages)
@@ -191,7 +191,7 @@ class ChatSession:
             self.llm = None
 
 
-def _field_value(f):
+def field_value(f):
     """A GGUFReader field as a Python value (str, int, or list of str)."""
     import gguf
 

@@ -1,6 +1,6 @@
 """GRPO memory and step time: plain TRL vs ftcli, side by side, one process per mode.
 
-    python -m ftcli.bench_grpo --shape qwen3-8b --generations 8 --prompt-tokens 512 \\
+    python -m ftcli.bench.grpo --shape qwen3-8b --generations 8 --prompt-tokens 512 \\
         --completion-tokens 1024 --steps 3 --out grpo-bench.json
 
 Both modes train the same random-init model of a real architecture (seeded, built on the GPU),
@@ -10,8 +10,8 @@ with LoRA r=16 on all linear layers, gradient checkpointing, bf16, the same prom
 
 - trl:   `GRPOTrainer(model, peft_config=LoraConfig(...), args=GRPOConfig(gradient_checkpointing=True))`,
          no Liger; TRL's own chunked fused LM head (TRL >= 1.15) computes the log-probs.
-- ftcli: the path `ftcli train` takes: models.add_lora, stages.grpo (pieces of ~4096 tokens per
-         forward/backward, ftcli's log-prob kernel), ftcli's kernels (train.apply_kernels).
+- ftcli: the path `ftcli train` takes: lora.add_lora, stages.grpo (pieces of ~4096 tokens per
+         forward/backward, ftcli's log-prob kernel), ftcli's kernels (runner.train.apply_kernels).
 
 Memory is read from torch.cuda.max_memory_allocated. "training memory" = peak minus the memory
 after the model, LoRA and optimizer are loaded (AdamW states materialised before measuring);
@@ -31,8 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ftcli.bench import SHAPES, TOKENIZER_FAMILY, make_config
-from ftcli.hf_compat import checkpointing_args
+from ftcli.bench.lora_step import SHAPES, TOKENIZER_FAMILY, make_config
+from ftcli.models.hf_compat import checkpointing_args
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODES = ("trl", "ftcli")
@@ -98,7 +98,7 @@ def _model(shape: str):
 def _tokenizer(shape: str):
     from transformers import AutoTokenizer
 
-    from ftcli.builtin import builtin_path
+    from ftcli.models.builtin import builtin_path
 
     tokenizer = AutoTokenizer.from_pretrained(builtin_path(TOKENIZER_FAMILY[SHAPES[shape][1]]))
     if tokenizer.pad_token is None:
@@ -150,10 +150,11 @@ def _ftcli_trainer(spec: dict, model, tokenizer, dataset, out_dir: str):
     import torch
     from transformers import set_seed
 
-    from ftcli import chat, models
-    from ftcli import train as training
+    from ftcli.data import templates
+    from ftcli.models import lora
     from ftcli.recipe import Recipe
-    from ftcli.stages import grpo
+    from ftcli.runner import train as training
+    from ftcli.stages import grpo, trainer_args
 
     cuda = torch.cuda.is_available()
     recipe = Recipe.model_validate({
@@ -170,16 +171,16 @@ def _ftcli_trainer(spec: dict, model, tokenizer, dataset, out_dir: str):
                            "rewards": [{"type": "length", "max_length": 1}]}},
         "output_dir": out_dir,
     })
-    template = chat.load_family("qwen3" if "qwen" in SHAPES[spec["shape"]][1] else "llama3")
+    template = templates.load_family("qwen3" if "qwen" in SHAPES[spec["shape"]][1] else "llama3")
     set_seed(0)  # as GRPOTrainer does before it wraps the model: the same LoRA A in both modes
-    model = models.add_lora(model, recipe.lora, True)
+    model = lora.add_lora(model, recipe.lora, True)
     trainer = grpo.build_trainer(recipe, model, tokenizer, template, dataset, None, out_dir,
-                                 training.precision_flags(torch.bfloat16 if cuda else torch.float32), [], [],
+                                 trainer_args.precision_flags(torch.bfloat16 if cuda else torch.float32), [], [],
                                  [_reward], log=print)
     trainer.generation_config.min_new_tokens = spec["completion_tokens"]
     if isinstance(getattr(trainer, "generation_kwargs", None), dict):
         trainer.generation_kwargs["min_new_tokens"] = spec["completion_tokens"]
-    training.apply_kernels(recipe, trainer.model, print)
+    training.apply_kernels(recipe, grpo.GrpoStage(), trainer.model, print)
     return trainer
 
 
@@ -274,7 +275,7 @@ def worker_main(spec_json: str) -> int:
 
 
 def run_in_subprocess(spec: dict, timeout: float) -> GrpoBenchResult:
-    cmd = [sys.executable, "-m", "ftcli.bench_grpo", "--worker", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "ftcli.bench.grpo", "--worker", json.dumps(spec)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -311,7 +312,7 @@ def table(results: list[GrpoBenchResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ftcli.bench_grpo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ftcli.bench.grpo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--shape", default="qwen3-8b", choices=sorted(SHAPES))
     parser.add_argument("--modes", default="trl,ftcli")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftcli.data.messages import with_system
 from ftcli.errors import DataError
 from ftcli.recipe import DatasetSection
 
@@ -130,12 +131,6 @@ def _text(row: dict, key: str) -> str:
     return value
 
 
-def _with_system(messages: list[dict], system: str | None) -> list[dict]:
-    if system and messages[0]["role"] != "system":
-        return [{"role": "system", "content": system}] + messages
-    return messages
-
-
 def preference_row(row: dict) -> dict:
     """Explicit {prompt, chosen, rejected} rows pass through (checked); implicit rows, two whole
     conversations that share a prefix, are split into the shared prompt and the two replies."""
@@ -202,7 +197,7 @@ def to_standard(row: dict, fmt: str, system: str | None = None) -> dict:
         raise ValueError(f"unknown format {fmt!r}")
     if not any(m["role"] == "assistant" for m in msgs):
         raise ValueError("the conversation has no assistant message to learn from")
-    return {"messages": _with_system(msgs, system)}
+    return {"messages": with_system(msgs, system)}
 
 
 # --------------------------------------------------------------------------- whole dataset
@@ -252,51 +247,3 @@ def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     return [r for i, r in enumerate(rows) if i not in eval_idx], [r for i, r in enumerate(rows) if i in eval_idx]
 
 
-def fold_system(messages: list[dict]) -> list[dict]:
-    """For templates without a system role: prepend the system text to the first user turn."""
-    if not messages or messages[0]["role"] != "system":
-        return messages
-    system, rest = messages[0]["content"], messages[1:]
-    for i, msg in enumerate(rest):
-        if msg["role"] == "user":
-            return rest[:i] + [{"role": "user", "content": f"{system}\n\n{msg['content']}"}] + rest[i + 1:]
-    return rest
-
-
-def encode_sft_row(row: dict, template, tokenizer, train_on: str, max_length: int) -> dict:
-    """Token ids and labels for one standard SFT row (messages via the chat template, or raw text)."""
-    from ftcli import chat
-
-    if "messages" in row:
-        messages = row["messages"] if template.supports_system else fold_system(row["messages"])
-        return chat.encode(template, messages, tokenizer, train_on=train_on, max_length=max_length)
-    ids = tokenizer(row["text"], add_special_tokens=True)["input_ids"]
-    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-        ids = ids + [tokenizer.eos_token_id]  # so a text model learns where documents end
-    truncated = len(ids) > max_length
-    ids = ids[:max_length]
-    return {"input_ids": ids, "labels": list(ids), "truncated": truncated}
-
-
-def build_sft(rows: list[dict], template, tokenizer, train_on: str, max_length: int, report: DataReport):
-    """A datasets.Dataset of input_ids/labels; rows left with no trained token are dropped and counted."""
-    import datasets
-
-    from ftcli.chat import ChatTemplateError
-
-    encoded = []
-    for number, row in enumerate(rows, start=1):
-        try:
-            item = encode_sft_row(row, template, tokenizer, train_on, max_length)
-        except ChatTemplateError as err:
-            raise DataError(f"conversation {number}: the chat template {template.name!r} cannot render it: "
-                            f"{err.message}", hint=err.hint) from None
-        report.rows_truncated += int(item.pop("truncated"))
-        if all(label == -100 for label in item["labels"][1:]):
-            report.rows_without_targets += 1
-            continue
-        encoded.append(item)
-    if not encoded:
-        raise DataError("no row has any trainable token after templating and truncation",
-                        hint="raise model.max_seq_length or check that rows have assistant replies")
-    return datasets.Dataset.from_list(encoded)

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ftcli.errors import RecipeError
-from ftcli.recipe import Recipe, Section, section_class
+from ftcli.recipe.schema import Recipe, Section, section_class
 
 
 class _Located(dict):
@@ -161,7 +161,7 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, str]) -
     return problems
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                 now: _dt.datetime | None = None) -> Recipe:
     """Read, override and validate a recipe; raise RecipeError listing every problem."""
     path = Path(path)
@@ -189,3 +189,11 @@ def _fill_output_dir(recipe: Recipe, path: Path, now: _dt.datetime) -> Recipe:
     stamp = now.strftime("%Y%m%d-%H%M%S")
     out = recipe.output_dir.replace("{name}", path.stem).replace("{timestamp}", stamp)
     return recipe.model_copy(update={"output_dir": out})
+
+
+def to_yaml(recipe: Recipe, extra: dict | None = None) -> str:
+    """The resolved recipe with canonical names and defaults filled, plus optional run facts."""
+    data = recipe.model_dump(mode="json")
+    if extra:
+        data["_run"] = extra
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

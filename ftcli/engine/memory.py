@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ftcli.engine import layer_blocks
+
 GiB = 1024**3
 WORKSPACE_BYTES = 0.5 * GiB      # cuBLAS workspace and allocator slack (the CUDA context is not counted)
 NF4_BYTES_PER_PARAM = 0.5 + 0.03  # 4-bit values, plus double-quantised absmax per 64-block
 LOSS_CHUNK_BYTES = 256 * 2**20   # logits of one chunk of the fused loss (kernels/fused_linear_ce.CHUNK_BYTES)
 LORA_MLP_CHUNK_ROWS = 2048       # rows of the fused LoRA MLP's product made at a time (kernels/lora_mlp.CHUNK_ROWS)
 MIN_CHUNK_ROWS = 1024            # a token chunk of a split MLP block's recompute has at least this many tokens
-HOST_FRACTION = 0.5              # of the host memory available to a process, what offloaded activations may pin
 
 
 @dataclass
@@ -34,12 +35,10 @@ class Shape:
     sandwich_norms: bool = False  # Gemma: RMSNorm after attention and after the MLP too
     qk_norm: bool = False         # Qwen3, Gemma 3: RMSNorm on q and k per head
     masked_attention: bool = False  # sliding-window layers: SDPA gets a mask, k/v are expanded to q's heads
-    splits_blocks: bool = False   # offloaded recompute runs attention and MLP as two blocks (ftcli/layer_blocks.py)
+    splits_blocks: bool = False   # offloaded recompute runs attention and MLP as two blocks (ftcli/engine/layer_blocks.py)
 
     @classmethod
     def from_config(cls, config) -> "Shape":
-        from ftcli import layer_blocks
-
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         heads = text.num_attention_heads
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
@@ -152,6 +151,12 @@ def mlp_chunks_wanted(shape: Shape) -> int:
     return max(1, math.ceil(mlp / attention))
 
 
+def offloaded_bytes(shape: Shape, *, batch: int, seq: int, recomputed_layers: int, split: bool,
+                    dtype_bytes: int = 2, **_) -> float:
+    """Pinned host memory for the offloaded hidden states: one per recomputed layer, two when split."""
+    return recomputed_layers * (2 if split else 1) * batch * seq * shape.hidden * dtype_bytes
+
+
 def token_chunks(wanted: int, rows: int, min_rows: int | None = None) -> int:
     """`wanted` chunks of `rows` tokens, as long as each keeps `min_rows` (default MIN_CHUNK_ROWS: smaller
     GEMMs lose efficiency)."""
@@ -212,93 +217,3 @@ def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_i
     working = max(loss_head, transient if kept else 0, recompute)
     return Estimate(weights=weights, trainable_state=state, activations=kept + saved_inputs, working=working,
                     workspace=WORKSPACE_BYTES, trainable_params=trainable)
-
-
-def for_recipe(recipe, config, gpu_bytes: float | None = None) -> Estimate:
-    """The estimate for a validated recipe and its model's config, on a GPU of `gpu_bytes` (None: 80 GiB)."""
-    from ftcli import checkpointing, distributed
-
-    shape = Shape.from_config(config)
-    kwargs = recipe_kwargs(recipe)
-    plan = checkpointing.plan(recipe.train, shape, kwargs, on_gpu=True, gpu_bytes=gpu_bytes or 80 * GiB,
-                              sharded=distributed.is_sharded(recipe), host_bytes=host_bytes_for_run())
-    return estimate(shape, **kwargs, recomputed_layers=plan.recomputed, offload=plan.offload, split=plan.split)
-
-
-def recipe_kwargs(recipe) -> dict:
-    """estimate()'s arguments that follow from the recipe alone (not the checkpointing plan)."""
-    return dict(
-        batch=recipe.train.per_device_train_batch_size,
-        seq=recipe.model.max_seq_length,
-        dtype_bytes={"float32": 4, "float64": 8}.get(recipe.model.dtype, 2),
-        load_in_4bit=recipe.model.load_in_4bit,
-        lora_r=recipe.lora.r if recipe.lora else None,
-        lora_targets=recipe.lora.target_modules if recipe.lora else "all-linear",
-        fused_kernels=recipe.train.kernels is not False,
-    )
-
-
-def estimate_for(recipe) -> Estimate | None:
-    """The estimate for a recipe, reading only the model's config; None when the config cannot be read."""
-    from transformers import AutoConfig
-
-    from ftcli.models import resolve_name
-
-    try:
-        config = AutoConfig.from_pretrained(resolve_name(recipe.model.name),
-                                            trust_remote_code=recipe.model.trust_remote_code)
-        gpu = gpu_bytes_for_run()
-        return for_recipe(recipe, config, gpu)
-    except Exception:  # offline hub id, unusual config: the run itself will say what is wrong
-        return None
-
-
-def gpu_bytes_for_run() -> float | None:
-    """GPU memory this process can have: what is free plus what it already holds (None without CUDA)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    free, _ = torch.cuda.mem_get_info()
-    return free + torch.cuda.memory_reserved()
-
-
-def offloaded_bytes(shape: Shape, *, batch: int, seq: int, recomputed_layers: int, split: bool,
-                    dtype_bytes: int = 2, **_) -> float:
-    """Pinned host memory for the offloaded hidden states: one per recomputed layer, two when split."""
-    return recomputed_layers * (2 if split else 1) * batch * seq * shape.hidden * dtype_bytes
-
-
-def host_bytes_for_run() -> float | None:
-    """Host memory this process may pin for offloaded activations: HOST_FRACTION of what the machine has
-    available, shared by the processes on this node (None where /proc/meminfo cannot be read)."""
-    import os
-
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        available = int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
-    return HOST_FRACTION * available / max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def advice(recipe) -> list[str]:
-    """Settings that make a run smaller, in the order they usually help most."""
-    tips = []
-    if recipe.train.gradient_checkpointing is False:
-        tips.append("train.gradient_checkpointing: offload (recompute activations, layer inputs in CPU memory)")
-    elif recipe.train.memory == "fast" and recipe.train.gradient_checkpointing == "auto":
-        tips.append("train.memory: lean (recompute activations, layer inputs offloaded to CPU)")
-    elif recipe.train.memory == "lean" and recipe.train.gradient_checkpointing == "auto":
-        tips.append("train.memory: minimal (attention and MLP recomputed as separate blocks: about 0.5 GiB less "
-                    "on 4-8B models at 8k tokens per step, 4-27% slower)")
-    if recipe.train.per_device_train_batch_size > 1:
-        tips.append(f"a smaller train.per_device_train_batch_size (now {recipe.train.per_device_train_batch_size}; "
-                    "raise gradient_accumulation_steps to keep the effective batch)")
-    tips.append(f"a shorter model.max_seq_length (now {recipe.model.max_seq_length})")
-    if recipe.lora is None:
-        tips.append("LoRA instead of a full finetune (add a lora: section)")
-    elif not recipe.model.load_in_4bit:
-        tips.append("model.load_in_4bit: true (QLoRA)")
-    return tips

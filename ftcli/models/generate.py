@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import torch
 
-
-def stop_token_ids(template, tokenizer) -> list[int]:
-    """Every id that ends a reply: the template's stop strings that are single tokens, plus eos."""
-    ids = set()
-    for text in (*template.stop_tokens, template.end_of_turn, tokenizer.eos_token):
-        if not text:
-            continue
-        token_id = tokenizer.convert_tokens_to_ids(text)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return sorted(ids)
+from ftcli.data import templates
+from ftcli.data.messages import fold_system
+from ftcli.data.templates import stop_token_ids
 
 
 @torch.no_grad()
 def reply(model, tokenizer, template, messages: list[dict], max_new_tokens: int = 64, streamer=None) -> str:
     """Greedy reply to `messages` (the conversation so far), decoded without special tokens."""
-    from ftcli import chat
-
-    from ftcli.data import fold_system
-
     if not template.supports_system:
         messages = fold_system(messages)
-    ids = chat.prompt_ids(template, messages, tokenizer)
+    ids = templates.prompt_ids(template, messages, tokenizer)
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)
     was_training = model.training

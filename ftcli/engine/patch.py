@@ -9,14 +9,14 @@ What is replaced (per module instance, by binding a new `forward` on the instanc
   rope             every attention module: the same forward with our q+k RoPE
   window_attention the decoder model (sliding-window models): tells the layers when the batch's rows are
                    plain (one sequence each, right-padded at most); their sliding-window attention then
-                   runs as a windowed FlashAttention call with no mask (ftcli/window_attention.py, CUDA)
+                   runs as a windowed FlashAttention call with no mask (ftcli/engine/window_attention.py, CUDA)
   swiglu / geglu   every MLP: down(act(gate(x)) * up(x)); Phi-3's fused gate_up_proj read in place. With
                    lora_linear too (Triton), LoRA gate/up/down run as one Function that recomputes
                    act(gate) * up in backward instead of saving it (kernels/lora_mlp.py)
   lora_linear      every PEFT LoRA Linear (plain or bitsandbytes 4-bit base) whose active adapter has
                    dropout 0, no DoRA/variant, no LoRA bias; others keep PEFT's forward. Checked again at
                    each call: disabled/merged adapters, mixed-adapter batches fall back to PEFT.
-  fused_linear_ce  the causal-LM forward (ftcli/causal_lm_head.py): with labels in training, loss =
+  fused_linear_ce  the causal-LM forward (ftcli/engine/causal_lm_head.py): with labels in training, loss =
                    fused lm_head + CE honouring `num_items_in_batch`; with `fused_lm_head=True` (TRL >= 1.16's
                    protocol), per-token log-probs/entropy/accuracy from our chunked op. Otherwise (generation,
                    eval, no labels) the model's own forward runs unchanged.
@@ -41,11 +41,12 @@ from typing import Callable
 
 import torch
 
-from ftcli import causal_lm_head, window_attention
+from ftcli.engine import causal_lm_head, window_attention
+from ftcli.recipe import KERNEL_OPS
 
 SUPPORTED = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
              "gemma3_text": "gemma3", "phi3": "phi3"}
-ALL_OPS = ("rms_norm", "rope", "window_attention", "swiglu", "geglu", "fused_linear_ce", "lora_linear")
+ALL_OPS = KERNEL_OPS
 _MISSING = object()
 
 
@@ -268,7 +269,7 @@ def _attention_forward(self, hidden_states, position_embeddings=None, attention_
 
 
 def _decoder_forward(self, *args, original, **kwargs):
-    """The decoder model's forward, telling its layers whether the rows are plain (ftcli/window_attention.py)."""
+    """The decoder model's forward, telling its layers whether the rows are plain (ftcli/engine/window_attention.py)."""
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     kwargs[window_attention.ROWS_KWARG] = not args and window_attention.plain_rows(
         kwargs.get("attention_mask"), kwargs.get("position_ids"), cache)

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ftcli.hf_compat import enable_checkpointing
+from ftcli.models.hf_compat import enable_checkpointing
 
 MODES = ("hf", "liger", "unsloth", "ftcli", "ftcli-fast", "ftcli-minimal")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -109,7 +109,7 @@ def checkpoint_dir(root: Path, arch: str, layers: int | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftcli.builtin import builtin_path
+    from ftcli.models.builtin import builtin_path
 
     folder = root / (f"{arch}-{layers}layers" if layers else arch)
     if (folder / "done").exists():
@@ -166,7 +166,7 @@ def _load(mode: str, folder: Path, model_type: str, gc: bool, r: int, tokens: tu
     model = get_peft_model(model, LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, target_modules=TARGETS,
                                              task_type="CAUSAL_LM"))
     if mode.startswith("ftcli"):
-        from ftcli import checkpointing, patch
+        from ftcli.engine import checkpointing, patch
 
         patch.apply(model, "auto")
         plan = _ftcli_plan(mode, model.config, gc, r, tokens, budget_gib, four_bit)
@@ -181,14 +181,15 @@ def _ftcli_plan(mode: str, config, gc: bool, r: int, tokens: tuple[int, int], bu
     ftcli-minimal: train.memory minimal (lean with attention and MLP recomputed as separate blocks)."""
     from types import SimpleNamespace
 
-    from ftcli import checkpointing, memory
+    from ftcli.engine import memory, plan
 
     memory_preset = {"ftcli-fast": "fast", "ftcli-minimal": "minimal"}.get(mode, "lean")
     train = SimpleNamespace(gradient_checkpointing="auto" if gc else False, memory=memory_preset,
                             memory_budget_gib=budget_gib)
     kwargs = dict(batch=tokens[0], seq=tokens[1], lora_r=r, fused_kernels=True, load_in_4bit=four_bit)
-    return checkpointing.plan(train, memory.Shape.from_config(config), kwargs, on_gpu=_device() == "cuda",
-                              gpu_bytes=memory.gpu_bytes_for_run() or 0, host_bytes=memory.host_bytes_for_run())
+    machine = plan.Machine.current()
+    return plan.decide(train, memory.Shape.from_config(config), kwargs, on_gpu=_device() == "cuda",
+                       gpu_bytes=machine.gpu_bytes or 0, host_bytes=machine.host_bytes)
 
 
 def _device() -> str:
@@ -299,7 +300,7 @@ def worker_main(argv: list[str]) -> int:
 
 
 def run_in_subprocess(spec: dict, timeout: float) -> ModeResult:
-    cmd = [sys.executable, "-m", "ftcli.bench", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "ftcli.bench.lora_step", json.dumps(spec)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -1,27 +1,24 @@
-"""The YAML recipe: its pydantic models, `load` and `to_yaml`.
+"""The recipe's schema: one pydantic model per section, unknown keys forbidden, cross-field rules.
 
-A recipe is read once, validated whole, and every problem is reported with the file, the
-line, the key path and (for a misspelt key) the closest valid key (ftcli/recipe_yaml.py). Short
-aliases such as `lr` are accepted in YAML and in --set; everything downstream sees canonical
-names only.
+Short aliases such as `lr` are declared per section (`Section.aliases`); loading.py renames them,
+so everything downstream sees canonical names only.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import difflib
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ftcli.rewards import RewardSpec, RewardSpecError, parse_specs
+from ftcli.recipe.rewards import RewardSpec, RewardSpecError, parse_specs
 
 DatasetFormat = Literal[
     "auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "preference", "prompt"
 ]
 ExportFormat = Literal["safetensors", "gguf", "ollama", "adapter"]
+# The kernel ops train.kernels may list, in the order ftcli.engine.patch applies them.
+KERNEL_OPS = ("rms_norm", "rope", "window_attention", "swiglu", "geglu", "fused_linear_ce", "lora_linear")
 
 
 class Section(BaseModel):
@@ -218,12 +215,10 @@ class TrainSection(Section):
     @field_validator("kernels")
     @classmethod
     def _known_ops(cls, value):
-        from ftcli.patch import ALL_OPS
-
         if isinstance(value, list):
-            unknown = [op for op in value if op not in ALL_OPS]
+            unknown = [op for op in value if op not in KERNEL_OPS]
             if unknown:
-                raise ValueError(f"unknown kernel ops {unknown}; choose from {', '.join(ALL_OPS)}")
+                raise ValueError(f"unknown kernel ops {unknown}; choose from {', '.join(KERNEL_OPS)}")
         return value
     eval_steps: int | None = Field(None, gt=0, description="None = evaluate at the end when there is an eval split")
     dpo: DpoSection = Field(default_factory=DpoSection)
@@ -319,19 +314,3 @@ def section_class(model: type[BaseModel], key: str) -> type[Section] | None:
         if isinstance(candidate, type) and issubclass(candidate, Section):
             return candidate
     return None
-
-
-
-def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (), now: _dt.datetime | None = None) -> Recipe:
-    """Read, override (`--set key.path=value`) and validate a recipe; raise RecipeError listing every problem."""
-    from ftcli.recipe_yaml import load_recipe
-
-    return load_recipe(path, overrides, now)
-
-
-def to_yaml(recipe: Recipe, extra: dict | None = None) -> str:
-    """The resolved recipe with canonical names and defaults filled, plus optional run facts."""
-    data = recipe.model_dump(mode="json")
-    if extra:
-        data["_run"] = extra
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -160,7 +160,7 @@ def render(template: ChatTemplate, messages: list[dict], tokenizer, add_generati
         raise ChatTemplateError(f"chat template {template.name!r} failed to render: {e}.{hint}") from e
 
 
-def _adds_bos(tokenizer) -> bool:
+def adds_bos(tokenizer) -> bool:
     """Whether encoding with special tokens puts bos_token_id in front."""
     bos_id = getattr(tokenizer, "bos_token_id", None)
     if bos_id is None:
@@ -177,7 +177,7 @@ def _adds_bos(tokenizer) -> bool:
 def _needs_bos(text: str, tokenizer) -> bool:
     """Add the BOS the tokenizer would add on encode, unless the template already printed it."""
     bos = getattr(tokenizer, "bos_token", None)
-    return bool(bos) and not text.startswith(bos) and _adds_bos(tokenizer)
+    return bool(bos) and not text.startswith(bos) and adds_bos(tokenizer)
 
 
 def prompt_ids(template: ChatTemplate, messages: list[dict], tokenizer) -> list[int]:
@@ -259,3 +259,15 @@ def encode(
     if truncated:
         ids, labels = ids[:max_length], labels[:max_length]
     return {"input_ids": ids, "labels": labels, "truncated": truncated}
+
+
+def stop_token_ids(template, tokenizer) -> list[int]:
+    """Every id that ends a reply: the template's stop strings that are single tokens, plus eos."""
+    ids = set()
+    for text in (*template.stop_tokens, template.end_of_turn, tokenizer.eos_token):
+        if not text:
+            continue
+        token_id = tokenizer.convert_tokens_to_ids(text)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return sorted(ids)

@@ -1,0 +1,181 @@
+"""The run directory: opening it (new, resumed or replaced), the manifest (recipe.resolved.yaml), metrics.jsonl
+and loss.png."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from ftcli.engine import distributed
+from ftcli.errors import BadInput
+from ftcli.recipe import to_yaml
+from ftcli.runner import checkpoints
+
+PACKAGES = ("ftcli", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
+            "bitsandbytes", "triton")
+
+
+def prepare(output_dir: str | Path, overwrite: bool) -> Path:
+    """Create the run dir; refuse to mix a new run into an old one unless told to overwrite."""
+    path = Path(output_dir)
+    if path.exists() and any(path.iterdir()):
+        if not overwrite:
+            raise BadInput(f"output_dir {path} already holds a run: pass --resume to continue it from its newest "
+                           "checkpoint, or --overwrite to replace it",
+                           hint="or choose another output_dir (runs/{name}-{timestamp} is new every time)")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+class MetricsFile(TrainerCallback):
+    """Append every logged dict (with its step) to metrics.jsonl, flushed at once so nothing is lost."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_losses(metrics: list[dict], out: Path) -> Path | None:
+    """loss.png: train loss per step, eval loss where measured."""
+    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def open_run_dir(recipe, *, overwrite: bool, dry_run: bool, resume: bool) -> tuple[Path, Path | None]:
+    """The run directory (rank 0 creates it, other ranks wait for it) and the checkpoint to resume from."""
+    run_dir = Path(recipe.output_dir)
+    if dry_run:
+        return run_dir, None
+    if resume:
+        checkpoint = checkpoints.latest(run_dir / "checkpoints")
+        if checkpoint is None:
+            raise BadInput(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}",
+                           hint="checkpoints are written every train.save_steps; without one, start again "
+                                "with --overwrite")
+        return run_dir, checkpoint
+    if distributed.is_main():
+        prepare(run_dir, overwrite)
+    else:
+        distributed.wait_for(run_dir / "recipe.resolved.yaml")
+    return run_dir, None
+
+
+def resolve_resume(recipe, recipe_path: Path):
+    """`--resume` with a timestamped output_dir means the newest earlier run of this recipe."""
+    if Path(recipe.output_dir).exists() or "{timestamp}" not in Path(recipe_path).read_text(encoding="utf-8"):
+        return recipe
+    stamp = re.compile(r"\d{8}-\d{6}")
+    target = Path(recipe.output_dir)
+    earlier = sorted(p for p in target.parent.glob("*")
+                     if p.is_dir() and stamp.sub("", p.name) == stamp.sub("", target.name)) if target.parent.exists() else []
+    if not earlier:
+        raise BadInput(f"--resume: no earlier run of {Path(recipe_path).name} under {target.parent}",
+                       hint="set output_dir to the run to resume: --set output_dir=runs/<name>")
+    return recipe.model_copy(update={"output_dir": str(earlier[-1])})
+
+
+class Manifest:
+    """recipe.resolved.yaml: the resolved recipe plus the run's facts (`_run`), rewritten as they change.
+    Only rank 0 of a real (not dry) run writes it."""
+
+    def __init__(self, run_dir: Path, recipe, *, enabled: bool, resumed_from: Path | None = None):
+        self.run_dir, self.recipe, self.enabled = Path(run_dir), recipe, enabled
+        self.facts = {"versions": package_versions(), "git_commit": git_commit(), "status": "running",
+                      "world_size": distributed.world_size(), "seed": recipe.train.seed,
+                      "resumed_from": str(resumed_from) if resumed_from else None}
+
+    def write(self) -> None:
+        if self.enabled:
+            (self.run_dir / "recipe.resolved.yaml").write_text(to_yaml(self.recipe, self.facts), encoding="utf-8")
+
+    def fail(self, cause: str) -> None:
+        self.facts["status"] = f"failed: {cause}"
+        self.write()
+
+
+def dataset_facts(recipe, fmt: str, report, train_set, trainable_params: int) -> dict:
+    """The manifest's record of the data and the batch: rows kept and dropped, tokens per step."""
+    t = recipe.train
+    sequences = t.per_device_train_batch_size * t.gradient_accumulation_steps * distributed.world_size()
+    mean = mean_tokens(train_set)
+    return {
+        "dataset": {"format": fmt, "fingerprint": report.fingerprint, "train_rows": report.train_rows,
+                    "eval_rows": report.eval_rows, "skipped": report.rows_skipped,
+                    "truncated": report.rows_truncated, "without_targets": report.rows_without_targets},
+        "effective_batch_sequences": sequences,
+        "effective_batch_tokens": round(sequences * mean),  # mean, before padding
+        "mean_tokens_per_sequence": round(mean, 1),
+        "trainable_parameters": trainable_params,
+        "kernels_applied": [],
+    }
+
+
+def mean_tokens(dataset) -> float:
+    """Mean tokens per training sequence (a DPO pair counts its prompt and chosen reply)."""
+    columns = dataset.column_names
+    if "input_ids" in columns:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+    elif "prompt_ids" in columns:
+        lengths = [len(p) + len(c) for p, c in zip(dataset["prompt_ids"], dataset["chosen_ids"])]
+    else:
+        return 0.0  # GRPO: completions are generated during training
+    return sum(lengths) / max(1, len(lengths))
