@@ -6,10 +6,13 @@ One module per op; each has Triton forward and backward kernels behind a
     rms_norm         rms_norm / add_rms_norm (Llama casting, Gemma `(1 + w)` in fp32)
     rope             rope(q, k, cos, sin, position_ids=None)
     swiglu, geglu    swiglu(gate, up) / geglu(gate, up) (Gemma's tanh GELU)
-    fused_linear_ce  fused_linear_cross_entropy (lm_head + CE, chunked) and selected_logprobs
+    fused_linear_ce  fused_linear_cross_entropy (lm_head + CE, chunked; re-exports selected_logprobs)
+    selected_logprobs selected_logprobs (per-token log p(label) of the lm_head, chunked; not an op of its own)
     lora_linear      lora_linear (base matmul + low-rank path in one Function on cuBLAS; QLoRA dequant)
     lora_mlp         lora_mlp (LoRA gate/up/down + SwiGLU/GeGLU in one Function; used by ftcli.engine.patch
                      with lora_linear and an activation op, not an op of its own)
+
+logit_rows.py holds the chunked Triton row kernel those two share; _triton.py the shared Triton plumbing.
 
 `OPS` is the registry `ftcli.engine.patch` reads; `triton_runnable()` says whether Triton can run here.
 """

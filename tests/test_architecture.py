@@ -36,7 +36,7 @@ MAX_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Longer functions, each with the reason it stays whole (written beside it in the code too).
 LONG_FUNCTIONS = {
-    "ftcli.kernels.fused_linear_ce._fused_ce_kernel": "one Triton kernel: splitting it costs a launch per part",
+    "ftcli.kernels.logit_rows.ce_rows": "one Triton kernel: splitting it costs a launch per part",
 }
 
 
@@ -161,6 +161,15 @@ def private_attribute_uses() -> list[str]:
     return bad
 
 
+def body_lines(node) -> int:
+    """Lines of a function's body, its signature and docstring left out (a typer command's options are its
+    signature)."""
+    body = node.body[1:] if (node.body and isinstance(node.body[0], ast.Expr)
+                             and isinstance(getattr(node.body[0], "value", None), ast.Constant)
+                             and isinstance(node.body[0].value.value, str)) else node.body
+    return (body[-1].end_lineno - body[0].lineno + 1) if body else 0
+
+
 def simple_edges(imports) -> dict[str, set[str]]:
     return {m: {t for t, _, _ in targets} for m, targets in imports.items()}
 
@@ -216,7 +225,7 @@ def test_modules_and_functions_stay_small(name):
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            length = node.end_lineno - node.lineno + 1
+            length = body_lines(node)
             qualified = f"{name}.{node.name}"
             if length > MAX_FUNCTION_LINES and qualified not in LONG_FUNCTIONS:
                 pytest.fail(f"{path}:{node.lineno} {node.name} is {length} lines (> {MAX_FUNCTION_LINES})")

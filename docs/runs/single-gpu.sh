@@ -16,7 +16,7 @@ else
     --out $OUT/bench-gemma3-4b.json > $OUT/bench-gemma3-4b.log 2>&1
   timeout 175 ftcli bench --arch llama3-8b --load-in-4bit --mode unsloth,ftcli --steps 6 --timeout 150 \
     --out $OUT/bench-qlora.json > $OUT/bench-qlora.log 2>&1
-  [ $SECONDS -lt 520 ] && timeout $((580 - SECONDS)) pytest -m gpu tests/test_gpu.py tests/test_kernels_gpu.py -q -rs \
+  [ $SECONDS -lt 520 ] && timeout $((580 - SECONDS)) pytest -m gpu tests/engine/test_gpu.py tests/kernels/test_gpu.py -q -rs \
     -p no:cacheprovider > $OUT/gpu-tests.log 2>&1
   tail -3 $OUT/gpu-tests.log
 fi

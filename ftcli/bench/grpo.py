@@ -186,7 +186,6 @@ def _ftcli_trainer(spec: dict, model, tokenizer, dataset, out_dir: str):
 
 def run_mode(spec: dict) -> GrpoBenchResult:
     import torch
-    from transformers import TrainerCallback
 
     result = GrpoBenchResult(shape=spec["shape"], mode=spec["mode"], generations=spec["generations"],
                              prompt_tokens=spec["prompt_tokens"], completion_tokens=spec["completion_tokens"],
@@ -203,13 +202,7 @@ def run_mode(spec: dict) -> GrpoBenchResult:
     build = _trl_trainer if spec["mode"] == "trl" else _ftcli_trainer
     trainer = build(spec, model, tokenizer, dataset, out_dir)
 
-    # Optimizer with its AdamW states (zero gradients: the weights do not move), then measure from here.
-    trainer.create_optimizer()
-    params = [p for p in trainer.model.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    trainer.optimizer.step()
-    trainer.optimizer.zero_grad(set_to_none=True)
+    _create_optimizer_state(trainer)
     sync()
     result.loaded_gib = allocated() / GiB
     if cuda:
@@ -234,6 +227,17 @@ def run_mode(spec: dict) -> GrpoBenchResult:
 
     trainer._generate_and_score_completions = measured_generate
 
+    trainer.add_callback(_step_timer(result, state, sync))
+    trainer.train()
+    sync()
+    _summarise(result, max(state["peak"], peak(), state["gen_peak"]), state["gen_peak"])
+    return result
+
+
+def _step_timer(result: GrpoBenchResult, state: dict, sync):
+    """A callback that times each optimizer step (synchronised) and keeps the first logged loss and grad norm."""
+    from transformers import TrainerCallback
+
     class Timer(TrainerCallback):
         def on_step_begin(self, args, s, control, **kw):
             sync()
@@ -248,18 +252,31 @@ def run_mode(spec: dict) -> GrpoBenchResult:
                 result.first_loss = float(logs["loss"])
                 result.first_grad_norm = float(logs.get("grad_norm", float("nan")))
 
-    trainer.add_callback(Timer())
-    trainer.train()
-    sync()
-    top = max(state["peak"], peak(), state["gen_peak"])
-    result.peak_gib = top / GiB
+    return Timer()
+
+
+def _create_optimizer_state(trainer) -> None:
+    """The optimizer with its AdamW states (zero gradients: the weights do not move), so memory is measured
+    from a state that already holds them."""
+    import torch
+
+    trainer.create_optimizer()
+    for p in trainer.model.parameters():
+        if p.requires_grad:
+            p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def _summarise(result: GrpoBenchResult, top_bytes: float, generation_peak_bytes: float) -> None:
+    """Peaks and the median step and generation times (the first step, which compiles and warms up, left out)."""
+    result.peak_gib = top_bytes / GiB
     result.training_gib = result.peak_gib - result.loaded_gib
-    result.generation_peak_gib = state["gen_peak"] / GiB - result.loaded_gib
+    result.generation_peak_gib = generation_peak_bytes / GiB - result.loaded_gib
     later = result.step_times[1:] or result.step_times
     result.step_seconds = statistics.median(later) if later else 0.0
     gens = result.generation_times[1:] or result.generation_times
     result.generation_seconds = statistics.median(gens) if gens else 0.0
-    return result
 
 
 def worker_main(spec_json: str) -> int:

@@ -55,35 +55,10 @@ def bench_cmd(
     results, problems = [], []
     for shape in archs:
         folder = lora_step.checkpoint_dir(cache, shape, layers or None)
-        shape_results = []
-        for m in modes:
-            if max_seq_:
-                attempts = lora_step.max_seq(shape, m, folder, lora_r, 16384, 1 << 20, timeout)
-                shape_results += attempts
-                best = [a for a in attempts if a.ok]
-                console.print(f"{shape:<12} {m:<8} longest batch-1 sequence: {best[-1].seq if best else 'none'}"
-                              + (f" ({best[-1].step_seconds:.1f} s/step, {best[-1].peak_gib:.1f} GiB)" if best else ""),
-                              markup=False)
-            else:
-                hf_peak = next((x.peak_gib for x in shape_results if x.mode == "hf" and x.ok), None)
-                spec = dict(arch=shape, mode=m, folder=str(folder), seq=seq, batch=batch, steps=steps, r=lora_r,
-                            gc=not no_gc, profile=str(profile / f"{shape}-{m}.txt") if profile else None,
-                            budget_gib=fast_budget or hf_peak, four_bit=load_in_4bit)
-                if m == "ftcli-fast":
-                    console.print(f"{shape:<12} {m:<8} memory budget: "
-                                  + (f"{spec['budget_gib']:.1f} GiB" if spec["budget_gib"] else "90% of the GPU"),
-                                  markup=False)
-                r = lora_step.run_in_subprocess(spec, timeout)
-                shape_results.append(r)
-                base = next((x for x in shape_results if x.mode == "hf" and x.ok), None)
-                speedup = f"{r.tokens_per_second / base.tokens_per_second:.2f}x" if base and r.ok else "-"
-                line = (f"{shape:<12} {m:<8} tok/s {r.tokens_per_second:>9,.0f} ({speedup:>5})  peak {r.peak_gib:6.2f} GiB  "
-                        f"MFU {r.mfu:5.1%}  loss {r.first_loss:.5f}  grad-norm {r.first_grad_norm:.5f}  "
-                        f"trainable {r.trainable_params:,}"
-                        + (f"  [{r.checkpointing}]" if r.mode.startswith("ftcli") else "")) if r.ok else f"{shape:<12} {m:<8} failed: {r.error}"
-                console.print(line, markup=False)
-            results_all = results + shape_results
-            out.write_text(_json.dumps([asdict(x) for x in results_all], indent=1))
+        settings = dict(seq=seq, batch=batch, steps=steps, r=lora_r, gc=not no_gc, profile=profile,
+                        fast_budget=fast_budget, four_bit=load_in_4bit, max_seq=max_seq_, timeout=timeout)
+        shape_results = _run_shape(shape, modes, folder, settings, lambda done: out.write_text(
+            _json.dumps([asdict(x) for x in results + done], indent=1)))
         results += shape_results
         problems += lora_step.compare(shape_results)
         if not keep:
@@ -93,3 +68,45 @@ def bench_cmd(
         for p in problems:
             errors.print(p, markup=False, style="bold red")
         raise typer.Exit(1)
+
+
+def _run_shape(shape: str, modes: list[str], folder, settings: dict, save) -> list:
+    """Every mode on one shape, each in its own process, one printed line per mode; `save(results)` after each."""
+    from ftcli.bench import lora_step
+
+    shape_results: list = []
+    for m in modes:
+        if settings["max_seq"]:
+            attempts = lora_step.max_seq(shape, m, folder, settings["r"], 16384, 1 << 20, settings["timeout"])
+            shape_results += attempts
+            best = [a for a in attempts if a.ok]
+            console.print(f"{shape:<12} {m:<8} longest batch-1 sequence: {best[-1].seq if best else 'none'}"
+                          + (f" ({best[-1].step_seconds:.1f} s/step, {best[-1].peak_gib:.1f} GiB)" if best else ""),
+                          markup=False)
+        else:
+            hf_peak = next((x.peak_gib for x in shape_results if x.mode == "hf" and x.ok), None)
+            profile = settings["profile"]
+            spec = dict(arch=shape, mode=m, folder=str(folder), seq=settings["seq"], batch=settings["batch"],
+                        steps=settings["steps"], r=settings["r"], gc=settings["gc"],
+                        profile=str(profile / f"{shape}-{m}.txt") if profile else None,
+                        budget_gib=settings["fast_budget"] or hf_peak, four_bit=settings["four_bit"])
+            if m == "ftcli-fast":
+                console.print(f"{shape:<12} {m:<8} memory budget: "
+                              + (f"{spec['budget_gib']:.1f} GiB" if spec["budget_gib"] else "90% of the GPU"),
+                              markup=False)
+            r = lora_step.run_in_subprocess(spec, settings["timeout"])
+            shape_results.append(r)
+            console.print(_mode_line(shape, r, next((x for x in shape_results if x.mode == "hf" and x.ok), None)),
+                          markup=False)
+        save(shape_results)
+    return shape_results
+
+
+def _mode_line(shape: str, r, base) -> str:
+    """One mode's figures, its speed against plain HF's (`base`) in the same run."""
+    if not r.ok:
+        return f"{shape:<12} {r.mode:<8} failed: {r.error}"
+    speedup = f"{r.tokens_per_second / base.tokens_per_second:.2f}x" if base else "-"
+    return (f"{shape:<12} {r.mode:<8} tok/s {r.tokens_per_second:>9,.0f} ({speedup:>5})  peak {r.peak_gib:6.2f} GiB  "
+            f"MFU {r.mfu:5.1%}  loss {r.first_loss:.5f}  grad-norm {r.first_grad_norm:.5f}  "
+            f"trainable {r.trainable_params:,}" + (f"  [{r.checkpointing}]" if r.mode.startswith("ftcli") else ""))

@@ -15,7 +15,7 @@ class BlockDiagonalPacking:
     Full-attention models get an explicit [1, 1, T, T] block-diagonal causal mask (T² bits: 64 MiB
     for 8192 packed tokens). Sliding-window models get no mask: a custom 4-D mask replaces
     transformers' per-layer masks, so the local layers would lose their window (Gemma 3: logits off by
-    ~4, tests/test_packing.py); transformers then composes the window with the packed rows itself.
+    ~4, tests/data/test_packing.py); transformers then composes the window with the packed rows itself.
     """
 
     def __init__(self, collator, sliding: bool = False):

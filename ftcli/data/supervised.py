@@ -25,13 +25,11 @@ def build_sft(rows: list[dict], template, tokenizer, train_on: str, max_length: 
     """A datasets.Dataset of input_ids/labels; rows left with no trained token are dropped and counted."""
     import datasets
 
-    from ftcli.data.templates import ChatTemplateError
-
     encoded = []
     for number, row in enumerate(rows, start=1):
         try:
             item = encode_sft_row(row, template, tokenizer, train_on, max_length)
-        except ChatTemplateError as err:
+        except templates.ChatTemplateError as err:
             raise DataError(f"conversation {number}: the chat template {template.name!r} cannot render it: "
                             f"{err.message}", hint=err.hint) from None
         report.rows_truncated += int(item.pop("truncated"))

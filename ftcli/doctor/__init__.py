@@ -159,10 +159,6 @@ def reapply(model, tokenizer, template, recipe=None) -> list[str]:
     return fix(model, tokenizer, template, findings, recipe)[1]
 
 
-def _same(finding: Finding, findings: list[Finding]) -> bool:
-    return any(f.check == finding.check and f.message == finding.message for f in findings)
-
-
 def as_facts(findings: list[Finding]) -> list[dict]:
     """Findings as plain dicts for the run manifest."""
     return [{"check": f.check, "severity": f.severity, "message": f.message,

@@ -7,9 +7,11 @@ import math
 
 import torch
 
+from ftcli.doctor.checks_tokens import template_tokens
 from ftcli.doctor.registry import Hit, check
-from ftcli.doctor.subject import SENTINEL_LENGTH, Subject
+from ftcli.doctor.subject import Subject
 
+SENTINEL_LENGTH = 1e20  # model_max_length at or above this is transformers' VERY_LARGE_INTEGER sentinel
 FP16_UNSAFE = ("gemma3", "gemma3_text", "gemma3n", "gemma3n_text", "gemma4", "qwen3_moe", "glm4_moe")
 ROUNDTRIP_SAMPLES = (
     "Hello, world! It's 2024 and the answer is 42.",
@@ -216,8 +218,6 @@ def tied_embeddings(s: Subject):
 
 def used_token_ids(s: Subject) -> dict[int, str]:
     """Ids the template, the named special tokens and the data samples use."""
-    from ftcli.doctor.checks_tokens import template_tokens
-
     used: dict[int, str] = {}
     tokens = template_tokens(s) | {t for t in (s.eos, s.bos, s.end_of_turn()) if t}
     for t in tokens:
@@ -330,8 +330,6 @@ def gguf_token_type(s: Subject):
         return None
     types = s.gguf["token_type"]
     needed = {t for t in (s.bos, s.eos, s.end_of_turn()) if t}
-    from ftcli.doctor.checks_tokens import template_tokens
-
     needed |= template_tokens(s)
     bad = [t for t in sorted(needed) if (i := s.id_of(t)) is not None and i < len(types) and types[i] == 1]
     if not bad:

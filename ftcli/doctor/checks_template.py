@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as _dt
 import re
 
+from ftcli.data import templates
+from ftcli.data.messages import fold_system
 from ftcli.doctor import probes
 from ftcli.doctor.registry import Hit, check
 from ftcli.doctor.subject import Subject
@@ -221,9 +223,6 @@ def template_not_prefix_preserving(s: Subject):
 def chat_template_mask(s: Subject):
     if s.tokenizer is None or s.template is None:
         return None
-    from ftcli.data import templates
-    from ftcli.data.messages import fold_system
-
     train_on = getattr(getattr(s.recipe, "template", None), "train_on", "assistant")
     if train_on == "all":
         return None

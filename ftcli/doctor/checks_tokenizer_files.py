@@ -7,9 +7,11 @@ import difflib
 
 from ftcli.doctor import probes
 from ftcli.doctor.checks_tokens import NOT_SPECIAL_BY_DESIGN, WELL_KNOWN_CONTROL, stop_and_turn_tokens, template_tokens
+from ftcli.doctor.readers import token_str
 from ftcli.doctor.registry import Hit, check
-from ftcli.doctor.subject import Subject, token_str
+from ftcli.doctor.subject import Subject
 
+# Mistral's corrected pre-tokenizer split pattern (transformers PR#42131 / fix_mistral_regex).
 MISTRAL_REGEX = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
                  r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")

@@ -3,10 +3,11 @@ the tokenizer-file checks T08-T15 are in checks_tokenizer_files.py)."""
 
 from __future__ import annotations
 
-
+from ftcli.data import templates
 from ftcli.doctor import probes
+from ftcli.doctor.readers import id_list
 from ftcli.doctor.registry import Hit, check
-from ftcli.doctor.subject import Subject, id_list
+from ftcli.doctor.subject import Subject
 
 # unsloth-zoo pad_token.py's order: reuse a token the family reserves for padding, never add one.
 PAD_EXACT = ("<|finetune_right_pad_id|>", "<|finetune_right_pad|>", "<pad>", "[PAD]", "<PAD>", "<|pad|>",
@@ -20,7 +21,8 @@ WELL_KNOWN_CONTROL = {"<s>", "</s>", "<unk>", "<pad>", "<bos>", "<eos>", "<|endo
                       "<start_of_turn>", "<end_of_turn>", "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>",
                       "<|eom_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|end|>", "<|user|>",
                       "<|assistant|>", "<|system|>", "[INST]", "[/INST]", "<|im_sep|>"}
-# Mistral's corrected pre-tokenizer split pattern (transformers PR#42131 / fix_mistral_regex).
+
+
 def template_tokens(s: Subject) -> set[str]:
     """Token strings the template prints in the basic probes (system, user, assistant, prompt)."""
     out: set[str] = set()
@@ -183,8 +185,6 @@ def double_bos(s: Subject):
     if text.lstrip().startswith(bos + bos):
         hits.append(Hit(f"the template itself prints {bos!r} twice at the start", severity="error"))
     if s.tokenizer is not None and s.gguf is None:
-        from ftcli.data import templates
-
         template = s.chat_template()
         try:
             ids = templates.encode(template, probes.UA, s.tokenizer, train_on="all")["input_ids"]
@@ -225,8 +225,6 @@ def missing_bos(s: Subject):
     missing = []
     if s.template is not None:
         if s.tokenizer is not None:
-            from ftcli.data import templates
-
             try:
                 ids = templates.encode(s.chat_template(), probes.UA, s.tokenizer, train_on="all")["input_ids"]
             except Exception:  # noqa: BLE001

@@ -8,7 +8,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ftcli.data import templates
 from ftcli.doctor import probes
+from ftcli.doctor.checks_template import header_every_turn
 from ftcli.doctor.registry import Finding
 from ftcli.doctor.subject import Subject
 
@@ -183,8 +185,6 @@ def _agp(s, f, p):
 
 @fixer("template-header-every-turn")
 def _header(s, f, p):
-    from ftcli.doctor.checks_template import header_every_turn
-
     source = p.template or s.template
     header = f.data["header"]
     wrapped = ("{% set ftcli_text %}" + source + "{% endset %}{% set ftcli_header = " + _jinja_str(header) + " %}"
@@ -199,8 +199,6 @@ def _header(s, f, p):
 
 def _matching_family(s: Subject, reference: str) -> str | None:
     """A shipped family template that renders exactly like `reference` on the probe chats."""
-    from ftcli.data import templates
-
     for name in templates.FAMILIES:
         source = templates.load_family(name).source
         if all(s.try_render(conv, agp, source) == s.try_render(conv, agp, reference) is not None

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import torch
 
+from ftcli import recipe as recipe_mod
+from ftcli.data import formats, packing, supervised, templates
+from ftcli.data.messages import as_messages
 from ftcli.doctor.registry import Finding
 from ftcli.doctor.report import Report
 from ftcli.errors import BadInput
+from ftcli.models import pretrained
 
 IGNORE = -100
 NUMERIC_CHECKS = {
@@ -91,10 +95,8 @@ def packing_check(model, samples: list[dict], pad_id: int, tol: float, packing_o
               "position_ids": torch.tensor([positions], device=device)}
     impl = getattr(model.config, "_attn_implementation", "?")
     if "flash" not in str(impl):  # the block-diagonal mask ftcli's SFT stage adds for packed rows
-        from ftcli.data.packing import BlockDiagonalPacking, has_sliding_window
-
         row = dict(packed)
-        packed = BlockDiagonalPacking(lambda _examples: row, sliding=has_sliding_window(model))(None)
+        packed = packing.BlockDiagonalPacking(lambda _examples: row, sliding=packing.has_sliding_window(model))(None)
     try:
         got = _loss(model, packed)
     except Exception as err:  # noqa: BLE001
@@ -109,7 +111,7 @@ def packing_check(model, samples: list[dict], pad_id: int, tol: float, packing_o
 
 
 def kernels_check(model, samples: list[dict], pad_id: int, tol: float) -> Finding:
-    try:
+    try:  # imported here, not at the top: when it cannot be imported the check says so instead of failing
         from ftcli.engine import patch
     except Exception as err:  # noqa: BLE001
         return _finding("numerics-kernels", "info", f"not checked: ftcli.engine.patch is not available ({err})")
@@ -145,10 +147,6 @@ def noise_tolerance(model, samples: list[dict], pad_id: int, floor: float) -> fl
 
 
 def run(recipe_path: str | Path, overrides=(), n_samples: int = 4, ga: int = 2) -> Report:
-    from ftcli.data import templates, formats, supervised
-    from ftcli.models import pretrained
-    from ftcli import recipe as recipe_mod
-
     path = Path(recipe_path)
     if not (path.is_file() and path.suffix in (".yaml", ".yml")):
         raise BadInput(f"--numerics needs a recipe (.yaml), got {recipe_path}")
@@ -162,8 +160,7 @@ def run(recipe_path: str | Path, overrides=(), n_samples: int = 4, ga: int = 2) 
         if "messages" not in row and "text" not in row:
             if not (row.get("prompt") and row.get("chosen")):
                 continue
-            from ftcli.data.messages import as_messages  # a preference pair: the prompt and its chosen reply
-
+            # a preference pair: the prompt and its chosen reply
             row = {"messages": as_messages(row["prompt"], "user") + as_messages(row["chosen"], "assistant")}
         enc = supervised.encode_sft_row(row, template, tokenizer, recipe.template.train_on, recipe.model.max_seq_length)
         if any(label != IGNORE for label in enc["labels"][1:]):

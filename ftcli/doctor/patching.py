@@ -8,70 +8,80 @@ import json
 import shutil
 from pathlib import Path
 
+from ftcli.doctor.checks_tokenizer_files import MISTRAL_REGEX, template_processors
 from ftcli.doctor.fixes import Patch
-from ftcli.doctor.subject import TOKENIZER_FILES, Subject, id_list
+from ftcli.doctor.readers import TOKENIZER_FILES, id_list
+from ftcli.doctor.subject import Subject
 
 
 def apply_in_memory(s: Subject, patch: Patch, template):
     """Apply to the live tokenizer, model and ChatTemplate; returns the (possibly new) template."""
-    tok, model = s.tokenizer, s.model
-    if tok is not None:
-        if "pad_token" in patch.special:
-            tok.pad_token = patch.special["pad_token"]
-        backend = getattr(tok, "backend_tokenizer", None)
-        if backend is not None and (patch.make_special or patch.prepend_bos or patch.rebuild_post_processor
-                                    or patch.mistral_regex):
-            from tokenizers import Tokenizer
-
-            data = json.loads(backend.to_str())
-            _edit_tokenizer_json(data, s, patch)
-            fresh = Tokenizer.from_str(json.dumps(data))
-            backend.post_processor = fresh.post_processor
-            backend.pre_tokenizer = fresh.pre_tokenizer
-            if patch.make_special:
-                from tokenizers import AddedToken
-
-                backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in patch.make_special])
-        for key in ("model_max_length", "clean_up_tokenization_spaces"):
-            if key in patch.tokenizer_config:
-                setattr(tok, key, patch.tokenizer_config[key])
-    if model is not None:
-        import torch
-
-        configs = [model.config] + ([model.config.text_config] if hasattr(model.config, "text_config") else [])
-        gen = getattr(model, "generation_config", None)
-        if patch.pad_id is not None:
-            for cfg in configs + ([gen] if gen is not None else []):
-                cfg.pad_token_id = patch.pad_id
-        if patch.gen_eos_add:
-            base = id_list(getattr(gen, "eos_token_id", None)) or id_list(model.config.eos_token_id)
-            ids = list(dict.fromkeys(base + patch.gen_eos_add))
-            if gen is not None:
-                gen.eos_token_id = ids
-            model.config.eos_token_id = ids
-        for key, value in patch.config.items():
-            for cfg in configs:
-                setattr(cfg, key, value)
-            _refresh_modules(model, key, value)
-        if patch.retie:
-            model.tie_weights()
-        if patch.eager_attention:
-            try:
-                model.set_attn_implementation("eager")
-            except Exception:  # noqa: BLE001 - older API: the attention modules read the config per call
-                model.config._attn_implementation = "eager"
-        if patch.untrained_ids:
-            with torch.no_grad():
-                _reset_rows(model.get_input_embeddings().weight, patch.untrained_ids)
-                head = model.get_output_embeddings()
-                if head is not None and head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
-                    _reset_rows(head.weight, patch.untrained_ids)
+    if s.tokenizer is not None:
+        _apply_to_tokenizer(s, patch)
+    if s.model is not None:
+        _apply_to_model(s.model, patch)
     if template is not None:
         if patch.template is not None:
             template = dataclasses.replace(template, source=patch.template)
         if patch.fold_system:
             template = dataclasses.replace(template, supports_system=False)
     return template
+
+
+def _apply_to_tokenizer(s: Subject, patch: Patch) -> None:
+    tok = s.tokenizer
+    if "pad_token" in patch.special:
+        tok.pad_token = patch.special["pad_token"]
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None and (patch.make_special or patch.prepend_bos or patch.rebuild_post_processor
+                                or patch.mistral_regex):
+        from tokenizers import Tokenizer
+
+        data = json.loads(backend.to_str())
+        _edit_tokenizer_json(data, s, patch)
+        fresh = Tokenizer.from_str(json.dumps(data))
+        backend.post_processor = fresh.post_processor
+        backend.pre_tokenizer = fresh.pre_tokenizer
+        if patch.make_special:
+            from tokenizers import AddedToken
+
+            backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in patch.make_special])
+    for key in ("model_max_length", "clean_up_tokenization_spaces"):
+        if key in patch.tokenizer_config:
+            setattr(tok, key, patch.tokenizer_config[key])
+
+
+def _apply_to_model(model, patch: Patch) -> None:
+    import torch
+
+    configs = [model.config] + ([model.config.text_config] if hasattr(model.config, "text_config") else [])
+    gen = getattr(model, "generation_config", None)
+    if patch.pad_id is not None:
+        for cfg in configs + ([gen] if gen is not None else []):
+            cfg.pad_token_id = patch.pad_id
+    if patch.gen_eos_add:
+        base = id_list(getattr(gen, "eos_token_id", None)) or id_list(model.config.eos_token_id)
+        ids = list(dict.fromkeys(base + patch.gen_eos_add))
+        if gen is not None:
+            gen.eos_token_id = ids
+        model.config.eos_token_id = ids
+    for key, value in patch.config.items():
+        for cfg in configs:
+            setattr(cfg, key, value)
+        _refresh_modules(model, key, value)
+    if patch.retie:
+        model.tie_weights()
+    if patch.eager_attention:
+        try:
+            model.set_attn_implementation("eager")
+        except Exception:  # noqa: BLE001 - older API: the attention modules read the config per call
+            model.config._attn_implementation = "eager"
+    if patch.untrained_ids:
+        with torch.no_grad():
+            _reset_rows(model.get_input_embeddings().weight, patch.untrained_ids)
+            head = model.get_output_embeddings()
+            if head is not None and head.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+                _reset_rows(head.weight, patch.untrained_ids)
 
 
 def _refresh_modules(model, key: str, value) -> None:
@@ -103,8 +113,6 @@ def _reset_rows(weight, ids: list[int]) -> None:
 
 
 def _edit_tokenizer_json(tj: dict, s: Subject, patch: Patch) -> None:
-    from ftcli.doctor.checks_tokenizer_files import MISTRAL_REGEX, template_processors
-
     if patch.make_special:
         for entry in tj.get("added_tokens") or []:
             if entry.get("content") in patch.make_special:
@@ -150,30 +158,51 @@ def write_fixed(s: Subject, patch: Patch, out_dir: Path) -> list[str]:
     if patch.touches_weights and s.model is not None and not hasattr(s.weights, "files"):
         # A recipe target: the weights live in memory; fix the rows there and save the whole model
         # first, so that the corrected copies of the folder's files below win over its config.json.
-        weights_only = Patch(untrained_ids=patch.untrained_ids, retie=patch.retie)
-        apply_in_memory(dataclasses.replace(s, tokenizer=None), weights_only, None)
-        s.model.save_pretrained(out_dir, safe_serialization=True)
-        written += sorted(p.name for p in out_dir.glob("*.safetensors*"))
+        written += _save_fixed_model(s, patch, out_dir)
     for name in TOKENIZER_FILES:
         if (s.folder / name).is_file():
             shutil.copyfile(s.folder / name, out_dir / name)
             written.append(name)
+    tc = _load_json(out_dir / "tokenizer_config.json") or {}
+    tj = _load_json(out_dir / "tokenizer.json")
+    stm = _load_json(out_dir / "special_tokens_map.json")
+    gen = _load_json(out_dir / "generation_config.json")
+    cfg = _load_json(out_dir / "config.json")
+    _fix_tokenizer_files(s, patch, tc, tj, stm)
+    if patch.template is not None:
+        _fix_template_files(s, patch.template, tc, out_dir)
+    gen = _fix_model_configs(s, patch, cfg, gen)
+    if tc:
+        _save_json(out_dir, "tokenizer_config.json", tc, written)
+    for name, data in (("tokenizer.json", tj), ("special_tokens_map.json", stm), ("generation_config.json", gen),
+                       ("config.json", cfg)):
+        if data is not None:
+            _save_json(out_dir, name, data, written)
+    if patch.touches_weights and hasattr(s.weights, "files"):
+        written += _write_weights(s, patch, out_dir)
+    return written
 
-    def load(name):
-        path = out_dir / name
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
-    def save(name, data):
-        (out_dir / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if name not in written:
-            written.append(name)
+def _save_fixed_model(s: Subject, patch: Patch, out_dir: Path) -> list[str]:
+    """Fix the embedding rows of the live model and save it whole; returns the safetensors names."""
+    weights_only = Patch(untrained_ids=patch.untrained_ids, retie=patch.retie)
+    apply_in_memory(dataclasses.replace(s, tokenizer=None), weights_only, None)
+    s.model.save_pretrained(out_dir, safe_serialization=True)
+    return sorted(p.name for p in out_dir.glob("*.safetensors*"))
 
-    tc = load("tokenizer_config.json") or {}
-    tj = load("tokenizer.json")
-    stm = load("special_tokens_map.json")
-    gen = load("generation_config.json")
-    cfg = load("config.json")
 
+def _load_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _save_json(out_dir: Path, name: str, data, written: list[str]) -> None:
+    (out_dir / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if name not in written:
+        written.append(name)
+
+
+def _fix_tokenizer_files(s: Subject, patch: Patch, tc: dict, tj: dict | None, stm: dict | None) -> None:
+    """Special tokens and flags in tokenizer_config.json and special_tokens_map.json, and tokenizer.json."""
     for key, token in patch.special.items():
         tc[key] = token
         if stm is not None:
@@ -190,21 +219,30 @@ def write_fixed(s: Subject, patch: Patch, out_dir: Path) -> list[str]:
                 entry["content"] = in_json[key]["content"]
     if tj is not None:
         _edit_tokenizer_json(tj, s, patch)
-    if patch.template is not None:
-        if (out_dir / "chat_template.jinja").is_file():
-            (out_dir / "chat_template.jinja").write_text(patch.template, encoding="utf-8")
-        current = tc.get("chat_template")
-        if isinstance(current, list):
-            for item in current:
-                if isinstance(item, dict) and item.get("template") == s.template:
-                    item["template"] = patch.template
-        elif isinstance(current, dict):
-            for key, value in current.items():
-                if value == s.template:
-                    current[key] = patch.template
-        elif not (out_dir / "chat_template.jinja").is_file():
-            tc["chat_template"] = patch.template
 
+
+def _fix_template_files(s: Subject, template: str, tc: dict, out_dir: Path) -> None:
+    """The new template in the output folder: over chat_template.jinja if there is one; in tokenizer_config.json,
+    over the named variant that held the old template, or as its chat_template when there is no .jinja file."""
+    jinja = out_dir / "chat_template.jinja"
+    if jinja.is_file():
+        jinja.write_text(template, encoding="utf-8")
+    current = tc.get("chat_template")
+    if isinstance(current, list):
+        for item in current:
+            if isinstance(item, dict) and item.get("template") == s.template:
+                item["template"] = template
+    elif isinstance(current, dict):
+        for key, value in current.items():
+            if value == s.template:
+                current[key] = template
+    elif not jinja.is_file():
+        tc["chat_template"] = template
+
+
+def _fix_model_configs(s: Subject, patch: Patch, cfg: dict | None, gen: dict | None) -> dict | None:
+    """pad and eos ids and config keys in config.json (its text config) and generation_config.json;
+    returns generation_config, created when stop ids must be added and the folder has none."""
     text_cfg = cfg.get("text_config") if isinstance((cfg or {}).get("text_config"), dict) else cfg
     if patch.pad_id is not None:
         for d in (text_cfg, gen):
@@ -224,16 +262,7 @@ def write_fixed(s: Subject, patch: Patch, out_dir: Path) -> list[str]:
             text_cfg["eos_token_id"] = ids
     if text_cfg is not None:
         text_cfg.update(patch.config)
-
-    if tc:
-        save("tokenizer_config.json", tc)
-    for name, data in (("tokenizer.json", tj), ("special_tokens_map.json", stm), ("generation_config.json", gen),
-                       ("config.json", cfg)):
-        if data is not None:
-            save(name, data)
-    if patch.touches_weights and hasattr(s.weights, "files"):
-        written += _write_weights(s, patch, out_dir)
-    return written
+    return gen
 
 
 def _write_weights(s: Subject, patch: Patch, out_dir: Path) -> list[str]:

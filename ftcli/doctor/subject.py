@@ -2,8 +2,9 @@
 and, where available, the live tokenizer, the model or its weights, the chat template,
 the recipe and GGUF metadata. Checks read it; nothing here judges anything.
 
-Every reader is defensive: real files hold AddedToken dicts, templates as lists of named
-templates, null bos tokens and 1e30 lengths, and a folder may hold a tokenizer and no weights.
+targets.py builds a Subject from a folder, a GGUF, a recipe, a run or live objects; readers.py reads
+each source defensively; the properties here pick the best source for each fact (the live tokenizer,
+the GGUF metadata or the files). Any part may be missing: a folder may hold a tokenizer and no weights.
 """
 
 from __future__ import annotations
@@ -14,65 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftcli.data import templates
 from ftcli.doctor import probes
-
-TOKEN_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token")
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json", "added_tokens.json",
-                   "generation_config.json", "config.json", "chat_template.jinja", "chat_template.json",
-                   "tokenizer.model")
-SENTINEL_LENGTH = 1e20  # model_max_length at or above this is transformers' VERY_LARGE_INTEGER sentinel
-
-
-def token_str(value: Any) -> str | None:
-    """A special-token value as a string: str, AddedToken, {"content": ...} dict, or None."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, dict):
-        content = value.get("content")
-        return content if isinstance(content, str) and content else None
-    content = getattr(value, "content", None)
-    return content if isinstance(content, str) else str(value)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def template_variants(value: Any) -> dict[str, str]:
-    """chat_template as str, list of {"name", "template"} or dict name -> text -> {name: text}."""
-    if isinstance(value, str):
-        return {"default": value} if value else {}
-    if isinstance(value, dict):
-        return {str(k): v for k, v in value.items() if isinstance(v, str) and v}
-    if isinstance(value, list):
-        out = {}
-        for i, item in enumerate(value):
-            if isinstance(item, dict) and isinstance(item.get("template"), str):
-                out[str(item.get("name") or f"template_{i}")] = item["template"]
-        return out
-    return {}
-
-
-def pick_template(variants: dict[str, str]) -> str | None:
-    if not variants:
-        return None
-    return variants.get("default") or next(iter(variants.values()))
-
-
-def id_list(value: Any) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [int(v) for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [int(value)]
-    return []
+from ftcli.doctor.readers import (TOKEN_KEYS, added_tokens, gguf_added, id_list, json_vocab, parse_post_processor,
+                                  token_str)
 
 
 @dataclass
@@ -93,7 +39,7 @@ class Subject:
     model: Any = None  # live torch model
     weights: Any = None  # ftcli.doctor.weights.Weights
     recipe: Any = None
-    chat: Any = None  # ftcli.chat.ChatTemplate used for training
+    chat: Any = None  # ftcli.data.templates.ChatTemplate used for training
     gguf: dict | None = None
     samples: list = field(default_factory=list)  # a few standard rows of the recipe's dataset
     notes: list[str] = field(default_factory=list)
@@ -135,15 +81,9 @@ class Subject:
                 return dict(self.tokenizer.get_vocab())
             except Exception:  # noqa: BLE001
                 pass
-        vocab: dict[str, int] = {}
         if self.gguf is not None:
             return {t: i for i, t in enumerate(self.gguf.get("tokens") or [])}
-        model = (self.tokenizer_json or {}).get("model") or {}
-        raw = model.get("vocab")
-        if isinstance(raw, dict):
-            vocab.update({k: int(v) for k, v in raw.items()})
-        elif isinstance(raw, list):  # Unigram: [[piece, score], ...]
-            vocab.update({item[0]: i for i, item in enumerate(raw) if isinstance(item, (list, tuple)) and item})
+        vocab = json_vocab(self.tokenizer_json)
         for entry in self.added:
             vocab[entry["content"]] = entry["id"]
         return vocab
@@ -166,34 +106,10 @@ class Subject:
     @functools.cached_property
     def added(self) -> list[dict]:
         """Added tokens as [{"id", "content", "special"}], from the best source available."""
-        out: dict[int, dict] = {}
         if self.gguf is not None:
-            types = self.gguf.get("token_type") or []
-            for i, t in enumerate(self.gguf.get("tokens") or []):
-                kind = types[i] if i < len(types) else 1
-                if kind in (3, 4):  # CONTROL, USER_DEFINED
-                    out[i] = {"id": i, "content": t, "special": kind == 3}
-            return list(out.values())
-        if self.tokenizer is not None and not (self.tokenizer_json or self.live_tokenizer_json or {}).get("added_tokens"):
-            try:
-                for i, tok in self.tokenizer.added_tokens_decoder.items():
-                    out[int(i)] = {"id": int(i), "content": token_str(tok), "special": bool(getattr(tok, "special", True))}
-                return sorted(out.values(), key=lambda e: e["id"])
-            except Exception:  # noqa: BLE001
-                pass
-        for entry in (self.tokenizer_json or self.live_tokenizer_json or {}).get("added_tokens") or []:
-            if isinstance(entry, dict) and isinstance(entry.get("id"), int) and entry.get("content"):
-                out[entry["id"]] = {"id": entry["id"], "content": entry["content"], "special": bool(entry.get("special"))}
-        if not out:
-            for key, entry in (self.tokenizer_config.get("added_tokens_decoder") or {}).items():
-                content = token_str(entry)
-                if content and str(key).lstrip("-").isdigit():
-                    special = entry.get("special", True) if isinstance(entry, dict) else True
-                    out[int(key)] = {"id": int(key), "content": content, "special": bool(special)}
-            for content, i in (self.added_tokens_json or {}).items():
-                if isinstance(i, int) and i not in out:
-                    out[i] = {"id": i, "content": content, "special": True}
-        return sorted(out.values(), key=lambda e: e["id"])
+            return gguf_added(self.gguf)
+        return added_tokens(self.tokenizer, self.tokenizer_json or self.live_tokenizer_json or {},
+                            self.tokenizer_config, self.added_tokens_json)
 
     @property
     def added_strings(self) -> list[str]:
@@ -379,8 +295,6 @@ class Subject:
             return self.chat
         if self.template is None:
             return None
-        from ftcli.data import templates
-
         eot = self.end_of_turn()
         stops = tuple(t for t in (eot, self.eos) if t)
         supports_system = self.try_render(probes.SUA) is not None
@@ -394,29 +308,3 @@ class Subject:
         except Exception:  # noqa: BLE001
             return None
 
-
-def parse_post_processor(pp: Any) -> tuple[list[str], list[str]]:
-    """Special tokens a post-processor puts before and after the single sequence."""
-    if not isinstance(pp, dict):
-        return [], []
-    kind = pp.get("type")
-    if kind == "Sequence":
-        before, after = [], []
-        for inner in pp.get("processors") or []:
-            b, a = parse_post_processor(inner)
-            before += b
-            after += a
-        return before, after
-    if kind == "TemplateProcessing":
-        before, after, seen_seq = [], [], False
-        for piece in pp.get("single") or []:
-            if "Sequence" in piece:
-                seen_seq = True
-            elif "SpecialToken" in piece:
-                name = piece["SpecialToken"].get("id")
-                (after if seen_seq else before).append(name)
-        return before, after
-    if kind in ("BertProcessing", "RobertaProcessing"):
-        cls, sep = pp.get("cls") or [None], pp.get("sep") or [None]
-        return [cls[0]], [sep[0]]
-    return [], []

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import yaml
 
+from ftcli import recipe as recipe_mod
+from ftcli.data import formats, templates
 from ftcli.doctor import weights as weights_mod
-from ftcli.doctor.subject import (Subject, pick_template, read_json, template_variants, token_str)
+from ftcli.doctor.readers import pick_template, read_json, template_variants, token_str
+from ftcli.doctor.subject import Subject
 from ftcli.errors import BadInput
+from ftcli.models import builtin, pretrained
 
 HUB_PATTERNS = ["*.json", "*.jinja", "tokenizer.model"]
 
@@ -177,19 +181,15 @@ def from_gguf(path: str | Path) -> Subject:
 
 def read_resolved_recipe(run_dir: Path):
     """The Recipe saved in a run directory (its `_run` facts removed)."""
-    from ftcli.recipe import Recipe
-
     data = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text(encoding="utf-8")) or {}
     data.pop("_run", None)
     try:
-        return Recipe.model_validate(data)
+        return recipe_mod.Recipe.model_validate(data)
     except Exception as err:  # noqa: BLE001
         raise BadInput(f"{run_dir / 'recipe.resolved.yaml'}: not a valid recipe ({str(err).splitlines()[0]})") from None
 
 
 def from_run_dir(run_dir: Path) -> Subject:
-    from ftcli.models.pretrained import resolve_name
-
     recipe = read_resolved_recipe(run_dir)
     for sub in ("merged", "model", "adapter"):
         if (run_dir / sub / "tokenizer_config.json").is_file():
@@ -197,7 +197,7 @@ def from_run_dir(run_dir: Path) -> Subject:
             break
     else:
         raise BadInput(f"{run_dir}: no merged/, model/ or adapter/ with a tokenizer yet (did the run finish?)")
-    base = Path(resolve_name(recipe.model.name))
+    base = Path(pretrained.resolve_name(recipe.model.name))
     weights_folder = folder if weights_mod.from_folder(folder) is not None else (base if base.is_dir() else None)
     subject = from_folder(folder, recipe=recipe, kind="run", weights_folder=weights_folder)
     if subject.config is None and base.is_dir():
@@ -207,10 +207,6 @@ def from_run_dir(run_dir: Path) -> Subject:
 
 
 def from_recipe(path: Path, overrides=(), sample_rows: int = 8) -> Subject:
-    from ftcli.data import templates, formats
-    from ftcli.models import pretrained
-    from ftcli import recipe as recipe_mod
-
     recipe = recipe_mod.load(path, list(overrides))
     model, tokenizer = pretrained.load(recipe.model)
     template = templates.resolve(recipe.template.name, tokenizer)  # ChatTemplateError is a BadInput (exit 2)
@@ -232,9 +228,6 @@ def from_recipe(path: Path, overrides=(), sample_rows: int = 8) -> Subject:
 
 def resolve_target(target: str, overrides=()) -> Subject:
     """Any TARGET of `ftcli doctor` -> Subject; BadInput when it cannot be read."""
-    from ftcli.models import builtin
-    from ftcli.models.pretrained import resolve_name
-
     path = Path(target).expanduser()
     if target.endswith((".yaml", ".yml")) and path.is_file():
         return from_recipe(path, overrides)
@@ -243,7 +236,7 @@ def resolve_target(target: str, overrides=()) -> Subject:
     if path.is_dir() and (path / "recipe.resolved.yaml").is_file():
         return from_run_dir(path)
     if builtin.is_builtin(target):
-        return from_folder(resolve_name(target))
+        return from_folder(pretrained.resolve_name(target))
     if path.is_dir():
         if not any((path / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json", "config.json",
                                                    "tokenizer.model")):

@@ -21,6 +21,8 @@ import types
 
 import torch
 
+from ftcli import kernels
+
 _UNSUPPORTED_SCALINGS = ("output_multiplier", "lm_head_multiplier", "logits_scaling")
 
 
@@ -32,11 +34,9 @@ def _base(model):
 
 def supported(model) -> str | None:
     """None when our kernel can serve this model, else the reason it cannot."""
-    from ftcli.kernels import triton_runnable
-
     base = _base(model)
     device = next(base.parameters()).device
-    if not triton_runnable(device):
+    if not kernels.triton_runnable(device):
         return f"Triton cannot run on {device.type} here"
     text_config = base.config.get_text_config()
     if getattr(text_config, "output_router_logits", False):
@@ -57,7 +57,7 @@ def install(model, temperature: float = 1.0, outputs: tuple[str, ...] = ("log_pr
         return reason
     from trl.trainer.utils import FusedCausalLMOutput
 
-    from ftcli.kernels.fused_linear_ce import selected_logprobs
+    from ftcli.kernels.fused_linear_ce import selected_logprobs  # loads Triton: only when installed
 
     base = _base(model)
     trl_forward = getattr(base, "_ftcli_trl_forward", None) or base.forward

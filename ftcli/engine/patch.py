@@ -41,6 +41,7 @@ from typing import Callable
 
 import torch
 
+from ftcli import kernels
 from ftcli.engine import causal_lm_head, window_attention
 from ftcli.recipe import KERNEL_OPS
 
@@ -87,8 +88,6 @@ class PatchReport:
 
 def apply(model, ops="auto", log: Callable[[str], None] = lambda _: None, impl: str = "auto") -> PatchReport:
     """Patch `model` in place; returns what was replaced. `impl`: "auto" | "triton" | "reference"."""
-    from ftcli import kernels
-
     requested = _resolve_ops(ops)
     report = PatchReport(requested=list(requested))
     if not requested:
@@ -179,6 +178,7 @@ def _resolve_ops(ops) -> tuple[str, ...]:
 
 
 def _functions(impl: str) -> dict[str, Callable]:
+    # The op modules load Triton: imported when a model is patched, not when the engine is imported.
     from ftcli.kernels import fused_linear_ce, geglu, lora_linear, lora_mlp, rms_norm, rope, swiglu
 
     ref = impl == "reference"

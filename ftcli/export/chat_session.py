@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ftcli.data import templates
+from ftcli.data.messages import fold_system
+from ftcli.data.templates import stop_token_ids
 from ftcli.errors import BadInput
+from ftcli.export import llamacpp
+from ftcli.export.source import resolve_source, run_template, torch_dtype
 
 
 @dataclass
@@ -55,8 +60,6 @@ class ChatSession:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ftcli.export.run import run_template, torch_dtype, resolve_source
-
         src = resolve_source(self.target)
         dtype = torch_dtype(src.dtype) if src.kind == "run" else torch.float32
         if src.model_dir is not None:
@@ -65,7 +68,7 @@ class ChatSession:
         else:
             from peft import PeftModel
 
-            from ftcli.models.pretrained import resolve_name
+            from ftcli.models.pretrained import resolve_name  # lazy: it loads torch
 
             folder = src.adapter_dir
             base = AutoModelForCausalLM.from_pretrained(resolve_name(src.base_name), dtype=dtype)
@@ -81,9 +84,6 @@ class ChatSession:
     def _reply_hf(self, messages: list[dict]) -> Iterator[str]:
         import torch
         from transformers import TextIteratorStreamer
-
-        from ftcli.data import templates
-        from ftcli.data.templates import stop_token_ids
 
         ids = templates.prompt_ids(self.template, messages, self.tokenizer)
         device = next(self.model.parameters()).device
@@ -114,9 +114,7 @@ class ChatSession:
     def _open_gguf(self) -> None:
         import gguf
 
-        from ftcli.data import templates
-        from ftcli.export import llamacpp
-        from ftcli.export.gguf import STOP_KEY, TEMPLATE_NAME_KEY
+        from ftcli.export.gguf import STOP_KEY, TEMPLATE_NAME_KEY  # lazy: it loads numpy
 
         reader = gguf.GGUFReader(str(self.target))
         fields = {name: field_value(f) for name, f in reader.fields.items()
@@ -154,8 +152,6 @@ class ChatSession:
     def _reply_gguf(self, messages: list[dict]) -> Iterator[str]:
         import llama_cpp
 
-        from ftcli.data import templates
-
         prompt = templates.render(self.template, messages, self.tokenizer, add_generation_prompt=True)
         bos = self.tokenizer.bos_token
         ids = self.llm.tokenize(prompt.encode(), add_bos=not (bos and prompt.startswith(bos)), special=True)
@@ -179,8 +175,6 @@ class ChatSession:
     # --------------------------------------------------------------------------- both
     def reply(self, messages: list[dict]) -> Iterator[str]:
         """Stream the reply to `messages` (which end with a user turn)."""
-        from ftcli.data.messages import fold_system
-
         if not self.template.supports_system:
             messages = fold_system(messages)
         return self._reply_gguf(messages) if self.kind == "gguf" else self._reply_hf(messages)

@@ -12,14 +12,13 @@ from pathlib import Path
 import torch
 
 from ftcli.files import atomic_dir
+from ftcli.models.pretrained import resolve_name
 
 
 def merge_adapter(base_name: str, adapter_dir: Path, dtype: torch.dtype, trust_remote_code: bool = False):
     """Load the 16-bit base, apply the adapter and fold it into the weights."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-
-    from ftcli.models.pretrained import resolve_name
 
     base = AutoModelForCausalLM.from_pretrained(resolve_name(base_name), dtype=dtype,
                                                 trust_remote_code=trust_remote_code)

@@ -21,6 +21,8 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ftcli.data import templates
+from ftcli.data.messages import fold_system
 from ftcli.errors import BadInput
 
 ROLES = ("system", "user", "assistant")
@@ -98,9 +100,6 @@ class _Renderer:
         self.bos = tokenizer.bos_token if strip_bos else None
 
     def __call__(self, messages: list[dict]) -> str | None:
-        from ftcli.data import templates
-        from ftcli.data.messages import fold_system
-
         if not self.template.supports_system:  # as training does: system text joins the first user turn
             messages = fold_system(messages)
         try:

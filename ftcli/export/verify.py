@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ftcli.data import templates
 from ftcli.errors import FtcliError
+from ftcli.export import llamacpp
 
 BASE_NMSE_MAX = 1e-3
 BASE_TOP1_MIN = 0.90
@@ -59,8 +61,6 @@ def build_reference(model_dir: Path, template, threads: int | None = None) -> Re
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftcli.data import templates
-
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     conversation = conversation_for(template)
     rendered = templates.render(template, conversation, tokenizer, add_generation_prompt=True)
@@ -91,8 +91,6 @@ def build_reference(model_dir: Path, template, threads: int | None = None) -> Re
 @contextlib.contextmanager
 def open_gguf(path: Path, n_ctx: int = 256, logits_all: bool = True, vocab_only: bool = False,
               lora: Path | None = None):
-    from ftcli.export import llamacpp
-
     try:
         llm = llamacpp.load(path, n_ctx=n_ctx, logits_all=logits_all, vocab_only=vocab_only, lora=lora)
     except llamacpp.LoadFailed as err:

@@ -49,8 +49,8 @@ class Vocab:
     add_bos: bool = False
     add_eos: bool = False
     add_space_prefix: bool | None = None
-    padded: int = 0
-    rstrip_special: bool = False     # HF special tokens swallow the whitespace after them (Phi-3)                  # [PAD{i}] entries added to reach the embedding rows
+    padded: int = 0                  # [PAD{i}] entries added to reach the embedding rows
+    rstrip_special: bool = False     # HF special tokens swallow the whitespace after them (Phi-3)
 
     def write(self, writer, chat_template: str | None) -> None:
         writer.add_tokenizer_model(self.model)
@@ -126,6 +126,30 @@ def read_vocab(model_dir: Path, n_rows: int, end_of_turn: str | None = None) -> 
     """The GGUF vocabulary of `model_dir`, with exactly `n_rows` entries (the embedding rows)."""
     from transformers import AutoTokenizer
 
+    data = _tokenizer_json(model_dir)
+    model = data["model"]
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    by_id, added = _tokens_by_id(data, n_rows)
+    spm = bool(model.get("byte_fallback"))
+    merges = _merge_strings(model.get("merges") or [])
+    tokens, types = _token_list(by_id, added, n_rows, spm, model.get("unk_token"))
+    special_ids = _special_ids(tokenizer, end_of_turn)
+    vocab = Vocab(model="llama" if spm else "gpt2", pre="default" if spm else _bpe_pre_name(data),
+                  tokens=tokens, types=types, special_ids=special_ids,
+                  add_bos=adds_special(tokenizer, special_ids.get("bos"), first=True),
+                  add_eos=adds_special(tokenizer, special_ids.get("eos"), first=False),
+                  padded=sum(1 for i in range(n_rows) if i not in by_id),
+                  rstrip_special=any(a.get("special") and a.get("rstrip") for a in added.values()))
+    if spm:
+        vocab.scores = _spm_scores(merges, tokens, types)
+        vocab.add_space_prefix = _spm_adds_space_prefix(data)
+    else:
+        vocab.merges = merges
+    return vocab
+
+
+def _tokenizer_json(model_dir: Path) -> dict:
+    """tokenizer.json of `model_dir`, refused unless its model is BPE."""
     path = Path(model_dir) / "tokenizer.json"
     if not path.is_file():
         raise BadInput(f"{model_dir} has no tokenizer.json; GGUF export reads the fast tokenizer",
@@ -134,19 +158,24 @@ def read_vocab(model_dir: Path, n_rows: int, end_of_turn: str | None = None) -> 
     model = data["model"]
     if model.get("type") != "BPE":
         raise BadInput(f"tokenizer model type {model.get('type')!r} is not supported for GGUF export (BPE only)")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return data
 
-    by_id: dict[int, str] = {i: t for t, i in model["vocab"].items()}
+
+def _tokens_by_id(data: dict, n_rows: int) -> tuple[dict[int, str], dict[int, dict]]:
+    """Token text by id (vocabulary and added tokens), and the added tokens by id."""
+    by_id: dict[int, str] = {i: t for t, i in data["model"]["vocab"].items()}
     added = {a["id"]: a for a in data.get("added_tokens", [])}
     for i, a in added.items():
         by_id[i] = a["content"]
     if by_id and max(by_id) >= n_rows:
         raise BadInput(f"the tokenizer has token id {max(by_id)} but the embedding has only {n_rows} rows",
                        hint="resize the token embeddings after adding tokens (model.resize_token_embeddings)")
+    return by_id, added
 
-    spm = bool(model.get("byte_fallback"))
-    unk = model.get("unk_token")
-    merges = _merge_strings(model.get("merges") or [])
+
+def _token_list(by_id: dict[int, str], added: dict[int, dict], n_rows: int, spm: bool,
+                unk: str | None) -> tuple[list[str], list[int]]:
+    """Token strings and llama.cpp token types for rows 0..n_rows-1 ([PAD<i>] where no token exists)."""
     tokens, types = [], []
     for i in range(n_rows):
         text = by_id.get(i)
@@ -168,7 +197,11 @@ def read_vocab(model_dir: Path, n_rows: int, end_of_turn: str | None = None) -> 
     if len(set(tokens)) != len(tokens):
         dupes = sorted({t for t in tokens if tokens.count(t) > 1})[:5]
         raise BadInput(f"the vocabulary has duplicate token strings {dupes}; llama.cpp needs unique tokens")
+    return tokens, types
 
+
+def _special_ids(tokenizer, end_of_turn: str | None) -> dict[str, int]:
+    """bos, eos, unk, pad (where the tokenizer has them) and eot (the template's end-of-turn token)."""
     special_ids = {}
     for key in ("bos", "eos", "unk", "pad"):
         token_id = getattr(tokenizer, f"{key}_token_id", None)
@@ -178,24 +211,16 @@ def read_vocab(model_dir: Path, n_rows: int, end_of_turn: str | None = None) -> 
         eot_id = tokenizer.convert_tokens_to_ids(end_of_turn)
         if isinstance(eot_id, int) and eot_id != tokenizer.unk_token_id:
             special_ids["eot"] = eot_id
+    return special_ids
 
-    vocab = Vocab(model="llama" if spm else "gpt2", pre="default" if spm else _bpe_pre_name(data),
-                  tokens=tokens, types=types, special_ids=special_ids,
-                  add_bos=adds_special(tokenizer, special_ids.get("bos"), first=True),
-                  add_eos=adds_special(tokenizer, special_ids.get("eos"), first=False),
-                  padded=sum(1 for i in range(n_rows) if i not in by_id),
-                  rstrip_special=any(a.get("special") and a.get("rstrip") for a in added.values()))
-    if spm:
-        # llama.cpp's SentencePiece merge picks the pair whose result scores highest.
-        rank = {}
-        for r, m in enumerate(merges):
-            rank.setdefault(m.replace(" ", ""), r)
-        vocab.scores = [-float(rank[t]) if t in rank and types[i] == NORMAL else (-1000.0 if types[i] in
-                        (CONTROL, USER_DEFINED, UNUSED) else 0.0) for i, t in enumerate(tokens)]
-        vocab.add_space_prefix = _spm_adds_space_prefix(data)
-    else:
-        vocab.merges = merges
-    return vocab
+
+def _spm_scores(merges: list[str], tokens: list[str], types: list[int]) -> list[float]:
+    """Scores from merge ranks: llama.cpp's SentencePiece merge picks the pair whose result scores highest."""
+    rank = {}
+    for r, m in enumerate(merges):
+        rank.setdefault(m.replace(" ", ""), r)
+    return [-float(rank[t]) if t in rank and types[i] == NORMAL else (-1000.0 if types[i] in
+            (CONTROL, USER_DEFINED, UNUSED) else 0.0) for i, t in enumerate(tokens)]
 
 
 def _spm_adds_space_prefix(data: dict) -> bool:

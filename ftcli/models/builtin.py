@@ -24,6 +24,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
+from ftcli.data import templates
+
 BUILD_VERSION = 2
 BUILTINS: tuple[str, ...] = ("tiny-llama3", "tiny-gemma3", "tiny-qwen3", "tiny-phi3", "tiny-mistral")
 PREFIX = "builtin:"
@@ -189,9 +191,7 @@ _META_KEYS = ("bos_token", "eos_token", "pad_token", "add_bos_token", "end_of_tu
 
 
 def _family_meta(family: str) -> tuple[dict, str]:
-    """templates/<family>.yaml facts and the template text, from ftcli.chat."""
-    from ftcli.data import templates  # lazy, so importing ftcli.models.builtin stays cheap
-
+    """templates/<family>.yaml facts and the template text (ftcli.data.templates)."""
     return dict(templates.family_info(family)), templates.load_family(family).source
 
 

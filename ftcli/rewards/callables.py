@@ -12,6 +12,7 @@ from typing import Callable
 
 from ftcli.errors import BadInput
 from ftcli.recipe.rewards import FunctionReward
+from ftcli.rewards import sandbox
 from ftcli.rewards.scoring import length_of, completion_text, score_exact_match, score_format, score_json_valid, score_length, score_numeric_match, score_regex
 
 
@@ -47,8 +48,6 @@ class CodeTests(Reward):
     """Runs all completions of a batch in parallel sandboxes."""
 
     def __call__(self, prompts=None, completions=None, completion_ids=None, **kwargs) -> list[float | None]:
-        from ftcli.rewards import sandbox
-
         spec = self.spec
         texts = [completion_text(c) for c in (completions or [])]
         tests = kwargs.get(spec.column) or [None] * len(texts)
@@ -107,34 +106,7 @@ def import_function(path: str, where: str) -> Callable:
 
 def _user_function(spec: FunctionReward, name: str, where: str, columns: list[str]) -> Reward:
     fn = import_function(spec.function, where)
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        raise BadInput(f"{where}: cannot read the signature of {spec.function}") from None
-    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    positional_only = [n for n, p in params.items() if p.kind is p.POSITIONAL_ONLY]
-    if positional_only:
-        raise BadInput(f"{where}: {spec.function} has positional-only parameters {positional_only}; "
-                       "rewards are called with keyword arguments")
-    batch = "completions" in params
-    single = "completion" in params
-    if batch == single:
-        raise BadInput(f"{where}: {spec.function} must take either `completions` (a list: TRL style, returns a "
-                       "list of floats) or `completion` (one text, returns a float)",
-                       hint="e.g. def my_reward(completions, answer, **kwargs) -> list[float]")
-    given = {"prompts", "completions", "completion_ids", *TRL_EXTRAS} if batch else {"prompt", "completion",
-                                                                                       "completion_ids"}
-    available = given | set(columns) | set(spec.kwargs)
-    missing = [n for n, p in params.items()
-               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty and n not in available]
-    if missing:
-        raise BadInput(f"{where}: {spec.function} needs {', '.join(repr(m) for m in missing)}, which is neither a "
-                       f"dataset column ({', '.join(columns) or 'none'}) nor an argument ftcli passes "
-                       f"({', '.join(sorted(given))})",
-                       hint="rename the parameter after a dataset column, give it a default, or set it in kwargs:")
-    unknown_kwargs = [k for k in spec.kwargs if k not in params and not has_var_kw]
-    if unknown_kwargs:
-        raise BadInput(f"{where}: kwargs {unknown_kwargs} are not parameters of {spec.function}")
+    params, has_var_kw, batch = _check_signature(fn, spec, where, columns)
     if batch:
         def call(prompts=None, completions=None, completion_ids=None, **kwargs):
             pass_kw = kwargs if has_var_kw else {k: v for k, v in kwargs.items() if k in params}
@@ -167,6 +139,39 @@ def _user_function(spec: FunctionReward, name: str, where: str, columns: list[st
         return None if value is None else float(value)
 
     return _RowReward(name, spec, score)
+
+
+def _check_signature(fn, spec: FunctionReward, where: str, columns: list[str]) -> tuple:
+    """(parameters, takes **kwargs, batch style) of a user reward, or a BadInput saying what does not fit."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        raise BadInput(f"{where}: cannot read the signature of {spec.function}") from None
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    positional_only = [n for n, p in params.items() if p.kind is p.POSITIONAL_ONLY]
+    if positional_only:
+        raise BadInput(f"{where}: {spec.function} has positional-only parameters {positional_only}; "
+                       "rewards are called with keyword arguments")
+    batch = "completions" in params
+    single = "completion" in params
+    if batch == single:
+        raise BadInput(f"{where}: {spec.function} must take either `completions` (a list: TRL style, returns a "
+                       "list of floats) or `completion` (one text, returns a float)",
+                       hint="e.g. def my_reward(completions, answer, **kwargs) -> list[float]")
+    given = {"prompts", "completions", "completion_ids", *TRL_EXTRAS} if batch else {"prompt", "completion",
+                                                                                       "completion_ids"}
+    available = given | set(columns) | set(spec.kwargs)
+    missing = [n for n, p in params.items()
+               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty and n not in available]
+    if missing:
+        raise BadInput(f"{where}: {spec.function} needs {', '.join(repr(m) for m in missing)}, which is neither a "
+                       f"dataset column ({', '.join(columns) or 'none'}) nor an argument ftcli passes "
+                       f"({', '.join(sorted(given))})",
+                       hint="rename the parameter after a dataset column, give it a default, or set it in kwargs:")
+    unknown_kwargs = [k for k in spec.kwargs if k not in params and not has_var_kw]
+    if unknown_kwargs:
+        raise BadInput(f"{where}: kwargs {unknown_kwargs} are not parameters of {spec.function}")
+    return params, has_var_kw, batch
 
 
 class _BatchReward(Reward):
@@ -215,8 +220,6 @@ def build(specs: list, columns: list[str], first_row: dict | None = None) -> lis
                            hint=f"set column: {close[0]}" if close else "set `column:` on the reward, or map your "
                                 "column with dataset.columns")
         if spec.type == "code_tests" and first_row is not None:
-            from ftcli.rewards import sandbox
-
             try:
                 sandbox.normalise_tests(first_row.get(spec.column))
             except ValueError as err:

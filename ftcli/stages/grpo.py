@@ -199,12 +199,10 @@ def build_rewards(recipe: Recipe, train_dataset) -> list:
 def build_trainer(recipe: Recipe, model, tokenizer, template, train_dataset, eval_dataset, checkpoints_dir: str,
                   precision: dict, report_to: list[str], callbacks: list, reward_funcs: list,
                   log=lambda _: None):
-    from ftcli.data.templates import stop_token_ids
-
     args = trainer_args(recipe, checkpoints_dir, precision, eval_dataset is not None, report_to)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     # Completions end on the template's stop tokens (end of turn), not only on the tokenizer's eos.
-    base.generation_config.eos_token_id = stop_token_ids(template, tokenizer)
+    base.generation_config.eos_token_id = templates.stop_token_ids(template, tokenizer)
     trainer = FtcliGRPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                                eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks)
     trainer.sequences_per_forward = recipe.train.grpo.sequences_per_forward

@@ -6,6 +6,7 @@ import importlib.util
 
 import torch
 
+from ftcli.engine import logprobs
 from ftcli.models.hf_compat import checkpointing_args
 from ftcli.recipe import Recipe
 
@@ -77,8 +78,6 @@ def use_base_as_reference(recipe: Recipe, trainer) -> None:
 def finish(trainer) -> None:
     """After DPO or GRPO: drop TRL's frozen "ref" adapter (a continued adapter's copy) so only the
     trained one is saved, and take our log-prob hook off the model."""
-    from ftcli.engine import logprobs
-
     model = trainer.model
     if "ref" in getattr(model, "peft_config", {}):
         model.delete_adapter("ref")

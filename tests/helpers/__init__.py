@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (not tests themselves): runs, exports, doctor subjects, numerics."""
