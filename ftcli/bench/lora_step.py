@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ftcli.engine.memory import flops_per_token
 from ftcli.models.hf_compat import enable_checkpointing
 
 MODES = ("hf", "liger", "unsloth", "ftcli", "ftcli-fast", "ftcli-minimal")
@@ -91,17 +92,6 @@ def make_config(arch: str, layers: int | None = None):
         if "layer_types" in kwargs:
             kwargs["layer_types"] = kwargs["layer_types"][:layers]
     return getattr(transformers, class_name)(**kwargs)
-
-
-def flops_per_token(config, seq: int, lora_params: int) -> float:
-    """Model FLOPs per token of a LoRA step: 4N + 6·L·d_attn·T + 6·N_lora (research/kernels.md §1.2)."""
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    q, kv = heads * head_dim, config.num_key_value_heads * head_dim
-    block = layers * (h * q + 2 * h * kv + q * h + 3 * h * i)
-    matmul_params = block + config.vocab_size * h
-    return 4 * matmul_params + 6 * layers * q * seq + 6 * lora_params
 
 
 def checkpoint_dir(root: Path, arch: str, layers: int | None = None) -> Path:

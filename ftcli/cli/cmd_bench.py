@@ -11,10 +11,13 @@ from ftcli.cli.app import app, console, errors, fail
 from ftcli.errors import BadInput
 
 
+DEFAULT_MODES = "hf,liger,unsloth,ftcli,ftcli-fast"
+
+
 @app.command("bench")
 def bench_cmd(
     arch: Annotated[str, typer.Option(help="Comma-separated shapes: llama3-8b, qwen3-8b, gemma3-4b, llama3.2-1b.")] = "llama3-8b",
-    mode: Annotated[str, typer.Option(help="Comma-separated modes: hf, liger, unsloth, ftcli (train.memory lean), ftcli-fast (train.memory fast), ftcli-minimal (train.memory minimal); peers run where installed.")] = "hf,liger,unsloth,ftcli,ftcli-fast",
+    mode: Annotated[str, typer.Option(help="Comma-separated modes: hf, liger, unsloth, ftcli (train.memory lean), ftcli-fast (train.memory fast), ftcli-minimal (train.memory minimal); peers run where installed.")] = DEFAULT_MODES,
     seq: Annotated[int, typer.Option(help="Sequence length.")] = 2048,
     batch: Annotated[int, typer.Option(help="Sequences per step.")] = 4,
     steps: Annotated[int, typer.Option(help="Steps per mode; the median of steps 3..N is reported.")] = 8,
@@ -29,8 +32,18 @@ def bench_cmd(
     profile: Annotated[Path | None, typer.Option(help="Folder: profile one extra step per mode (torch.profiler ops table by GPU time).")] = None,
     keep: Annotated[bool, typer.Option(help="Keep each checkpoint after its shape is done.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds allowed per mode.")] = 900.0,
+    e2e: Annotated[bool, typer.Option("--e2e", help="One epoch of the whole training path on mixed-length chats: "
+                                                    "ftcli train against Unsloth, TRL and Liger through TRL's "
+                                                    "SFTTrainer (modes: ftcli, ftcli-fast, unsloth, trl, liger).")] = False,
+    mix: Annotated[str, typer.Option(help="--e2e: comma-separated chat mixes: long (median ~600 tokens), short "
+                                          "(~150), uniform (every row max length).")] = "long",
+    rows: Annotated[int, typer.Option(help="--e2e: conversations per mix (0: 400 long, 1500 short, 120 uniform).")] = 0,
 ) -> None:
     """Measure LoRA training speed and memory side by side: plain HF, Liger, Unsloth and ftcli in one run."""
+    if e2e:
+        _run_e2e(arch, mode if mode != DEFAULT_MODES else "ftcli,unsloth,trl,liger", mix, rows, load_in_4bit,
+                 cache, out, timeout)
+        return
     import json as _json
     import shutil as _shutil
     from dataclasses import asdict
@@ -40,7 +53,8 @@ def bench_cmd(
     from ftcli.bench import lora_step
 
     if not torch.cuda.is_available():
-        fail(BadInput("ftcli bench needs a CUDA GPU", hint="run it on a GPU machine"))
+        fail(BadInput("ftcli bench needs a CUDA GPU", hint="run it on a GPU machine (`--e2e` also runs its plumbing on "
+                                                          "the CPU)"))
     archs = [a.strip() for a in arch.split(",") if a.strip()]
     unknown = [a for a in archs if a not in lora_step.SHAPES]
     bad_modes = [m for m in mode.split(",") if m not in lora_step.MODES]
@@ -110,3 +124,42 @@ def _mode_line(shape: str, r, base) -> str:
     return (f"{shape:<12} {r.mode:<8} tok/s {r.tokens_per_second:>9,.0f} ({speedup:>5})  peak {r.peak_gib:6.2f} GiB  "
             f"MFU {r.mfu:5.1%}  loss {r.first_loss:.5f}  grad-norm {r.first_grad_norm:.5f}  "
             f"trainable {r.trainable_params:,}" + (f"  [{r.checkpointing}]" if r.mode.startswith("ftcli") else ""))
+
+
+def _run_e2e(arch: str, mode: str, mix: str, rows: int, four_bit: bool, cache: Path, out: Path, timeout: float):
+    """`ftcli bench --e2e`: every mode trains one epoch of every mix, each in its own process."""
+    import json as _json
+    from dataclasses import asdict
+
+    import torch
+
+    from ftcli.bench import chats, e2e, lora_step
+
+    archs = [a.strip() for a in arch.split(",") if a.strip()]
+    modes, mixes = [m for m in mode.split(",") if m], [m for m in mix.split(",") if m]
+    bad = ([a for a in archs if a not in lora_step.SHAPES] + [m for m in modes if m not in e2e.MODES]
+           + [m for m in mixes if m not in chats.MIXES])
+    if bad:
+        fail(BadInput(f"unknown shape, mode or mix: {', '.join(bad)}",
+                      hint=f"shapes: {', '.join(lora_step.SHAPES)}; modes: {', '.join(e2e.MODES)}; "
+                           f"mixes: {', '.join(chats.MIXES)}"))
+    modes, notes = lora_step.available_modes(modes)
+    for note in notes:
+        console.print(note, markup=False)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (plumbing only, not a benchmark)"
+    console.print(f"end to end · {device} · torch {torch.__version__} · one epoch, batch 4, max length 2048, "
+                  f"{'QLoRA (NF4)' if four_bit else 'LoRA'} r=16 · modes {', '.join(modes)}", markup=False)
+    results = []
+    for shape in archs:
+        folder = lora_step.checkpoint_dir(cache, shape)
+        for m in mixes:
+            n = rows or e2e.ROWS[m]
+            data = e2e.dataset(cache, folder, m, n)
+            for mode_name in modes:
+                spec = dict(arch=shape, mode=mode_name, mix=m, folder=str(folder), data=str(data), rows=n,
+                            four_bit=four_bit)
+                results.append(e2e.run_in_subprocess(spec, timeout))
+                unsloth = next((r for r in results if r.mode == "unsloth" and r.arch == shape and r.mix == m), None)
+                console.print(e2e.line(results[-1], unsloth), markup=False)
+                out.write_text(_json.dumps([asdict(r) for r in results], indent=1))
+    console.print(f"results: {out}", markup=False)

@@ -135,6 +135,10 @@ def _print_result(result) -> None:
         table.add_row("train loss", f"{losses[0]:.4f} → {losses[-1]:.4f}")
     if evals:
         table.add_row("eval loss", f"{evals[-1]:.4f}")
+    end = next((m for m in reversed(result.metrics) if "mean_tokens_per_second" in m), None)
+    if end:
+        steady = f", {end['steady_tokens_per_second']:,.0f} after the first steps" if "steady_tokens_per_second" in end else ""
+        table.add_row("throughput", f"{end['mean_tokens_per_second']:,.0f} real tokens/s{steady}")
     report = result.data_report
     if report.get("rows_skipped"):
         table.add_row("skipped rows", f"{report['rows_skipped']} (e.g. {report['skipped_examples'][0]})")
@@ -151,15 +155,27 @@ def _print_result(result) -> None:
         console.print(f"chat with it: ftcli chat {result.gguf_path}", markup=False)
 
 
+def _progress_info(logs: dict) -> str:
+    """loss, then what the throughput callback measured: steps and real tokens per second."""
+    parts = [f"loss {logs['loss']:.4f}"]
+    if logs.get("seconds_per_step"):
+        parts.append(f"{1 / logs['seconds_per_step']:.2f} it/s")
+    if logs.get("tokens_per_second"):
+        parts.append(f"{logs['tokens_per_second']:,.0f} tok/s")
+    return " · ".join(parts)
+
+
 class _progress:
     """A rich progress bar fed by Trainer callbacks (rank 0 only)."""
 
     def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
         from transformers import TrainerCallback
 
-        bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       TextColumn("{task.fields[info]}"), console=console, transient=False)
+        bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
+                       transient=False)
         state = {"task": None}
 
         class Callback(TrainerCallback):
@@ -174,7 +190,7 @@ class _progress:
 
             def on_log(self, args, s, control, logs=None, **kw):
                 if state["task"] is not None and logs and "loss" in logs:
-                    bar.update(state["task"], info=f"loss {logs['loss']:.4f}")
+                    bar.update(state["task"], info=_progress_info(logs))
 
             def on_train_end(self, args, s, control, **kw):
                 bar.stop()

@@ -94,9 +94,8 @@ def packing_check(model, samples: list[dict], pad_id: int, tol: float, packing_o
     packed = {"input_ids": torch.tensor([ids], device=device), "labels": torch.tensor([labels], device=device),
               "position_ids": torch.tensor([positions], device=device)}
     impl = getattr(model.config, "_attn_implementation", "?")
-    if "flash" not in str(impl):  # the block-diagonal mask ftcli's SFT stage adds for packed rows
-        row = dict(packed)
-        packed = packing.BlockDiagonalPacking(lambda _examples: row, sliding=packing.has_sliding_window(model))(None)
+    row = dict(packed)
+    packed = packing.PaddingFreePacking(lambda _examples: row)(None)  # what the SFT stage hands the model
     try:
         got = _loss(model, packed)
     except Exception as err:  # noqa: BLE001

@@ -217,3 +217,23 @@ def estimate(shape: Shape, *, batch: int, seq: int, dtype_bytes: int = 2, load_i
     working = max(loss_head, transient if kept else 0, recompute)
     return Estimate(weights=weights, trainable_state=state, activations=kept + saved_inputs, working=working,
                     workspace=WORKSPACE_BYTES, trainable_params=trainable)
+
+
+def flops_per_token(config, seq: int, lora_params: int) -> float:
+    """Model FLOPs per token of a LoRA step: 4N + 6·L·d_attn·T + 6·N_lora (research/kernels.md §1.2)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    q, kv = heads * head_dim, config.num_key_value_heads * head_dim
+    block = layers * (h * q + 2 * h * kv + q * h + 3 * h * i)
+    matmul_params = block + config.vocab_size * h
+    return 4 * matmul_params + 6 * layers * q * seq + 6 * lora_params
+
+
+# Dense bf16 matrix throughput by GPU name (datasheet), for MFU; unknown GPUs get no MFU.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "L40S": 362e12, "4090": 165e12}
+
+
+def peak_flops(device_name: str) -> float | None:
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_name), None)

@@ -7,9 +7,8 @@
 What is replaced (per module instance, by binding a new `forward` on the instance):
   rms_norm         every <Family>RMSNorm (Gemma's in `(1 + w)` fp32 mode; q_norm/k_norm included)
   rope             every attention module: the same forward with our q+k RoPE
-  window_attention the decoder model (sliding-window models): tells the layers when the batch's rows are
-                   plain (one sequence each, right-padded at most); their sliding-window attention then
-                   runs as a windowed FlashAttention call with no mask (ftcli/engine/window_attention.py, CUDA)
+  window_attention the decoder model: tells the layers when the batch is one row of packed sequences (one
+                   varlen FlashAttention call each, no mask) or plain rows (sliding layers: a windowed call)
   swiglu / geglu   every MLP: down(act(gate(x)) * up(x)); Phi-3's fused gate_up_proj read in place. With
                    lora_linear too (Triton), LoRA gate/up/down run as one Function that recomputes
                    act(gate) * up in backward instead of saving it (kernels/lora_mlp.py)
@@ -82,10 +81,6 @@ class PatchReport:
         return f"kernels ({self.impl}, {self.architecture}): {ops}"
 
 
-# ---------------------------------------------------------------------------------------------
-# public API
-
-
 def apply(model, ops="auto", log: Callable[[str], None] = lambda _: None, impl: str = "auto") -> PatchReport:
     """Patch `model` in place; returns what was replaced. `impl`: "auto" | "triton" | "reference"."""
     requested = _resolve_ops(ops)
@@ -136,14 +131,28 @@ def apply(model, ops="auto", log: Callable[[str], None] = lambda _: None, impl: 
                 _bind(report, "lora_linear", name, module, functools.partial(_lora_forward, fn=fns["lora_linear"]))
             else:
                 report.notices.append(f"lora_linear: {name} kept PEFT's forward (dropout, DoRA, bias or base type)")
-    if "window_attention" in requested and "rope" in requested and getattr(config, "sliding_window", None):
-        _patch_decoder(report, lm)
+    if "window_attention" in requested and "rope" in requested:
+        _patch_decoder(report, lm, sliding=bool(getattr(config, "sliding_window", None)))
     if "fused_linear_ce" in requested:
         _patch_causal_lm(report, lm, fns)
     log(report.summary())
     for notice in report.notices[:3]:
         log(notice)
     return report
+
+
+def packed_attention_blocker(model, ops) -> str | None:
+    """Why packed rows of `model` would not run as variable-length FlashAttention once `ops` (train.kernels)
+    are applied; None when they will. Elsewhere transformers' block-diagonal mask keeps them exact, slower."""
+    requested = _resolve_ops(ops) if ops not in (False, None) else ()
+    if not {"window_attention", "rope"} <= set(requested):
+        return "train.kernels leaves out window_attention or rope"
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if SUPPORTED.get(getattr(lm.config, "model_type", None)) is None:
+        return f"architecture {lm.config.model_type!r} is not patched"
+    param = next(lm.parameters())
+    dtype = param.dtype if param.is_floating_point() else getattr(lm.config, "dtype", None) or torch.float32
+    return window_attention.packed_path_blocker(lm.config, param.device, dtype)
 
 
 def undo(report: PatchReport) -> None:
@@ -200,13 +209,14 @@ def _bind(report, op, name, module, fn, attr="forward"):
     return ours
 
 
-def _patch_decoder(report, lm) -> None:
-    """Bind `_decoder_forward` on the module that runs the decoder layers (sliding-window models only)."""
+def _patch_decoder(report, lm, sliding: bool) -> None:
+    """Bind `_decoder_forward` on the module that runs the decoder layers."""
     decoder = getattr(lm, "model", None)
     if decoder is None or not hasattr(decoder, "layers") or getattr(decoder, "_ftcli_patched", None):
         return
     original = decoder.__dict__.get("forward") or types.MethodType(type(decoder).forward, decoder)
-    _bind(report, "window_attention", "model", decoder, functools.partial(_decoder_forward, original=original))
+    _bind(report, "window_attention", "model", decoder, functools.partial(_decoder_forward, original=original,
+                                                                                  sliding=sliding))
 
 
 def _activation(mlp) -> str | None:
@@ -257,8 +267,11 @@ def _attention_forward(self, hidden_states, position_embeddings=None, attention_
         kwargs["sliding_window"] = getattr(self.config, "sliding_window", None)
     elif family in ("qwen2", "qwen3", "gemma3"):
         kwargs["sliding_window"] = self.sliding_window
-    window = kwargs.get("sliding_window") if kwargs.pop(window_attention.ROWS_KWARG, False) and cache is None else None
-    if window and q.shape[2] > window and window_attention.available(q, self):
+    rows = kwargs.pop(window_attention.ROWS_KWARG, False) if cache is None else False
+    window = kwargs.get("sliding_window")
+    if isinstance(rows, window_attention.PackedRows) and window_attention.available(q, self):
+        out, weights = window_attention.attend(q, k, v, window=window, scale=self.scaling, rows=rows), None
+    elif rows is True and window and q.shape[2] > window and window_attention.available(q, self):
         out, weights = window_attention.attend(q, k, v, window=window, scale=self.scaling), None
     else:
         out, weights = interface(self, q, k, v, attention_mask,
@@ -268,11 +281,12 @@ def _attention_forward(self, hidden_states, position_embeddings=None, attention_
     return self.o_proj(out), weights
 
 
-def _decoder_forward(self, *args, original, **kwargs):
-    """The decoder model's forward, telling its layers whether the rows are plain (ftcli/engine/window_attention.py)."""
+def _decoder_forward(self, *args, original, sliding, **kwargs):
+    """The decoder model's forward, telling its layers whether the rows are plain or packed
+    (ftcli/engine/window_attention.py)."""
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    kwargs[window_attention.ROWS_KWARG] = not args and window_attention.plain_rows(
-        kwargs.get("attention_mask"), kwargs.get("position_ids"), cache)
+    kwargs[window_attention.ROWS_KWARG] = not args and window_attention.row_layout(
+        kwargs.get("attention_mask"), kwargs.get("position_ids"), cache, plain_needed=sliding)
     return original(*args, **kwargs)
 
 

@@ -196,7 +196,10 @@ class TrainSection(Section):
     gradient_checkpointing: Literal["auto", "offload"] | bool = Field(
         "auto", description="auto: from train.memory on a GPU, off on the CPU; true: recompute every layer; "
                             "offload: true + layer inputs kept in pinned CPU memory; false: never recompute")
-    packing: bool = False
+    packing: Literal["auto"] | bool = Field(
+        "auto", description="SFT: pack sequences into rows of max_seq_length, padding-free. auto: where packed rows run "
+                            "as one varlen FlashAttention call (CUDA, bf16/fp16, kernels on); true: also elsewhere, "
+                            "on transformers' block-diagonal mask (exact, slower)")
     seed: int = 42
     logging_steps: int = Field(1, gt=0)
     save_steps: int | None = Field(None, gt=0, description="None = save only at the end")
@@ -292,6 +295,9 @@ class Recipe(Section):
                                  f"gradient_accumulation_steps ({t.per_device_train_batch_size} x "
                                  f"{t.gradient_accumulation_steps}) must be a multiple of train.grpo.num_generations "
                                  f"({grpo.num_generations}): each step trains on whole groups of completions"))
+        if self.train.packing is True and self.train.stage != "sft":
+            problems.append(("train.packing", f"packing applies to SFT; train.stage {self.train.stage} trains on "
+                             "pairs or generated completions (remove train.packing)"))
         if self.train.max_steps == 0 or self.train.max_steps < -1:
             problems.append(("train.max_steps", "must be a positive number of steps, or -1 to run num_train_epochs"))
         if self.train.distributed == "fsdp" and self.model.load_in_4bit:

@@ -18,7 +18,7 @@ import torch
 
 from ftcli import doctor, stages
 from ftcli.data import formats, templates
-from ftcli.engine import checkpointing, distributed, patch
+from ftcli.engine import checkpointing, distributed, memory, patch
 from ftcli.engine import plan as memory_plan
 from ftcli.errors import BadInput, TrainingFailed
 from ftcli.export.run import check_export_ready
@@ -26,6 +26,7 @@ from ftcli.models import lora, pretrained
 from ftcli.recipe import Recipe
 from ftcli.runner import checkpoints, outputs, rundir
 from ftcli.runner.outputs import RunResult
+from ftcli.runner.throughput import Throughput
 from ftcli.stages import guards, trainer_args
 from ftcli.stages.base import Stage, TrainerSetup
 
@@ -146,8 +147,11 @@ def attach_adapter(recipe: Recipe, model, plan: memory_plan.Plan, log):
 def build_trainer(recipe: Recipe, loaded: Loaded, run_dir: Path, manifest: rundir.Manifest, callbacks, log):
     """The stage's trainer with the run's callbacks, then ftcli's kernels patched into its model (after the
     trainer exists, so that TRL's fused head is taken over too)."""
-    step_callbacks = [rundir.MetricsFile(run_dir / "metrics.jsonl"), checkpoints.MarkComplete(run_dir),
-                      guards.KillAfterSave(), guards.GradNormGuard(), *(callbacks or [])]
+    flops = memory.flops_per_token(loaded.model.config, max(1, round(rundir.mean_tokens(loaded.train_set))),
+                                   lora.trainable_parameters(loaded.model)[0])
+    step_callbacks = [Throughput(flops), rundir.MetricsFile(run_dir / "metrics.jsonl"),  # Throughput first: it adds
+                      checkpoints.MarkComplete(run_dir), guards.KillAfterSave(),    # to the dict the others log
+                      guards.GradNormGuard(), *(callbacks or [])]
     setup = TrainerSetup(
         recipe=recipe, model=loaded.model, tokenizer=loaded.tokenizer, template=loaded.template,
         train_set=loaded.train_set, eval_set=loaded.eval_set, checkpoints_dir=str(run_dir / "checkpoints"),

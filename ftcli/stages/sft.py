@@ -14,8 +14,8 @@ from trl import SFTConfig, SFTTrainer
 
 from ftcli.stages import guards
 from ftcli.data import supervised
-from ftcli.data.packing import BlockDiagonalPacking, has_sliding_window
-from ftcli.errors import BadInput
+from ftcli.data.packing import PaddingFreePacking, bin_stats
+from ftcli.engine import patch
 from ftcli.recipe import Recipe
 from ftcli.stages.base import TrainerSetup, without_fused_loss
 from ftcli.stages.trainer_args import trainer_kwargs
@@ -39,22 +39,44 @@ class FtcliSFTTrainer(SFTTrainer):
         return (loss, result[1]) if return_outputs else loss
 
 
-def trainer_args(recipe: Recipe, checkpoints_dir: str, precision: dict, has_eval: bool, report_to: list[str]):
-    """SFTConfig from the recipe: the shared arguments plus SFT's own (names follow TRL)."""
+def trainer_args(recipe: Recipe, checkpoints_dir: str, precision: dict, has_eval: bool, report_to: list[str],
+                 packing: bool | None = None):
+    """SFTConfig from the recipe: the shared arguments plus SFT's own (names follow TRL). `packing`: the
+    decision for `train.packing` (packing_decision); unpacked batches pad to their longest row and each
+    optimizer step's rows are grouped by length, so there is little padding to compute."""
     kwargs = trainer_kwargs(recipe, checkpoints_dir, precision, has_eval, report_to)
+    packing = recipe.train.packing is True if packing is None else packing
     return SFTConfig(
         **kwargs,
         max_length=recipe.model.max_seq_length,
-        packing=recipe.train.packing,
-        padding_free=recipe.train.packing,
+        packing=packing,
+        padding_free=packing,
+        packing_strategy="bfd",  # best-fit decreasing bins of max_length, sequences kept whole
+        train_sampling_strategy="random" if packing else "group_by_length",
         dataset_kwargs={"skip_prepare_dataset": False},
         remove_unused_columns=False,
     )
 
 
+def packing_decision(recipe: Recipe, model) -> tuple[bool, str]:
+    """(pack?, how packed rows attend, in words). `auto` packs only where packed rows run as one varlen
+    FlashAttention call; `true` packs anyway, on transformers' block-diagonal mask (exact, slower)."""
+    blocker = patch.packed_attention_blocker(model, recipe.train.kernels)
+    fast = "attention: one variable-length FlashAttention call per layer, no mask, no padding"
+    if recipe.train.packing is False:
+        return False, "packing: off (train.packing: false); batches padded to their longest row, grouped by length"
+    if blocker is None:
+        return True, fast
+    if recipe.train.packing == "auto":
+        return False, (f"packing: off (train.packing: auto, and packed rows would not run as varlen FlashAttention "
+                       f"here: {blocker}); batches padded to their longest row, grouped by length")
+    return True, f"attention: SDPA with transformers' block-diagonal mask (exact; varlen FlashAttention needs: {blocker})"
+
+
 def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset, checkpoints_dir: str,
-                  precision: dict, report_to: list[str], callbacks: list):
-    args = trainer_args(recipe, checkpoints_dir, precision, eval_dataset is not None, report_to)
+                  precision: dict, report_to: list[str], callbacks: list, log=lambda _: None):
+    packing, how = packing_decision(recipe, model)
+    args = trainer_args(recipe, checkpoints_dir, precision, eval_dataset is not None, report_to, packing)
     trainer = FtcliSFTTrainer(
         model=model,
         args=args,
@@ -65,13 +87,13 @@ def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset,
     )
     # Metrics go to metrics.jsonl and the progress bar; the Trainer's own dict printing is noise.
     trainer.remove_callback(PrinterCallback)
-    if recipe.train.packing:
-        attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
-        if "flash" not in attn:
-            if attn != "sdpa":
-                raise BadInput(f"train.packing with attention {attn!r}: packed rows would attend to each other",
-                               hint="use model.attn_implementation: sdpa (or flash_attention_2 on a GPU)")
-            trainer.data_collator = BlockDiagonalPacking(trainer.data_collator, sliding=has_sliding_window(model))
+    if packing:
+        trainer.data_collator = PaddingFreePacking(trainer.data_collator)
+        s = bin_stats(trainer.train_dataset, recipe.model.max_seq_length)
+        log(f"packing: on · {s['sequences']} sequences in {s['bins']} bins of {recipe.model.max_seq_length} tokens "
+            f"({s['fill']:.1%} full, {s['sequences_per_bin']:.1f} per bin) · {how}")
+    else:
+        log(how)
     return trainer
 
 
@@ -89,7 +111,7 @@ class SftStage:
     def build_trainer(self, setup: TrainerSetup):
         return build_trainer(setup.recipe, setup.model, setup.tokenizer, setup.train_set, setup.eval_set,
                              checkpoints_dir=setup.checkpoints_dir, precision=setup.precision,
-                             report_to=setup.report_to, callbacks=setup.callbacks)
+                             report_to=setup.report_to, callbacks=setup.callbacks, log=setup.log)
 
     def kernel_ops(self, requested, sharded: bool):
         if not sharded:

@@ -6,15 +6,16 @@ import json
 import pytest
 
 from ftcli.bench import lora_step
+from ftcli.engine import memory
 
 
 def test_llama_8b_lora_flops_per_token_match_the_research_table():
     config = lora_step.make_config("llama3-8b")
     # research/kernels.md §1.2's table: 31.6 / 36.5 GFLOP/token at T=2048 / 8192 (its figures leave out
     # the adapters' 6·N_lora = 0.25 GFLOP, which the formula adds).
-    assert lora_step.flops_per_token(config, 2048, 0) / 1e9 == pytest.approx(31.6, abs=0.1)
-    assert lora_step.flops_per_token(config, 8192, 0) / 1e9 == pytest.approx(36.5, abs=0.1)
-    lora = lora_step.flops_per_token(config, 2048, 41_943_040) - lora_step.flops_per_token(config, 2048, 0)
+    assert memory.flops_per_token(config, 2048, 0) / 1e9 == pytest.approx(31.6, abs=0.1)
+    assert memory.flops_per_token(config, 8192, 0) / 1e9 == pytest.approx(36.5, abs=0.1)
+    lora = memory.flops_per_token(config, 2048, 41_943_040) - memory.flops_per_token(config, 2048, 0)
     assert lora / 1e9 == pytest.approx(0.25, abs=0.01)
 
 

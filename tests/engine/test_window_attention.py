@@ -17,7 +17,9 @@ from ftcli.engine import patch, window_attention
 
 
 def band(length: int, left: int, right: int) -> torch.Tensor:
+    """FlashAttention's window: key j is seen by query i when i - left <= j <= i + right (-1: no limit)."""
     i = torch.arange(length)
+    left, right = (length if w < 0 else w for w in (left, right))
     return (i[None, :] - i[:, None] <= right) & (i[:, None] - i[None, :] <= left)
 
 
@@ -142,3 +144,50 @@ def test_available_needs_cuda_half_precision_and_no_softcap():
         q = torch.zeros(1, 2, 8, 64, dtype=torch.bfloat16, device="cuda")
         assert not window_attention.available(q, Attention(softcap=50.0))
         assert not window_attention.available(q.float(), Attention())
+
+
+def test_packed_rows_are_found_by_transformers_rule():
+    rows = window_attention.row_layout(None, torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]]), None)
+    assert isinstance(rows, window_attention.PackedRows)
+    assert rows.starts.tolist() == [0, 3, 5, 9] and rows.longest == 4 and rows.starts.dtype == torch.int32
+    assert window_attention.row_layout(None, torch.arange(6)[None], None) is True  # one sequence: plain
+    assert window_attention.row_layout(None, torch.arange(6)[None], None, plain_needed=False) is False
+    assert window_attention.row_layout(torch.ones(1, 9), torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]]), None) is False
+    assert window_attention.row_layout(None, torch.tensor([[0, 1, 0, 1]]), cache=object()) is False
+
+
+def _packed(name, lengths):
+    """One packed row of sequences of `lengths` (labels on every token but each sequence's first) and the same
+    sequences as a right-padded batch with matching labels."""
+    model = tiny_model(name)
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(0, model.config.vocab_size, (n,), generator=g) for n in lengths]
+    ids = torch.cat(seqs)[None]
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    labels = ids.clone()
+    labels[0, positions[0] == 0] = -100  # never predict a sequence's first token from the previous one
+    width = max(lengths)
+    padded = torch.zeros(len(seqs), width, dtype=torch.long)
+    padded_labels = torch.full((len(seqs), width), -100)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        padded[i, :len(s)], padded_labels[i, 1:len(s)], mask[i, :len(s)] = s, s[1:], 1
+    return (ids, positions, labels), (padded, padded_labels, mask)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama3", "tiny-gemma3", "tiny-qwen3", "tiny-phi3", "tiny-mistral", "qwen2"])
+def test_packed_rows_take_the_varlen_call_with_the_unpacked_loss_and_gradients(name, stand_in_kernel, monkeypatch):
+    """A packed row (position ids only, as the SFT stage hands it over) through the varlen call gives the loss
+    and gradients of the same sequences in a padded batch; a kernel that lets rows see each other does not."""
+    (ids, positions, labels), (padded, padded_labels, mask) = _packed(name, (37, 21, 9))
+    ops = MASKED + ["window_attention"]
+    ref = _run(name, MASKED, padded, padded_labels, attention_mask=mask)
+    before = window_attention.CALLS["packed"]
+    ours = _run(name, ops, ids, labels, position_ids=positions)
+    layers = tiny_model(name).config.num_hidden_layers
+    assert window_attention.CALLS["packed"] - before == layers and ours[2] == 0  # every layer, none windowed
+    compare(ours[:2], ref[:2], 1e-5)
+    # negative control: the row as one sequence (attention leaks across the packed sequences)
+    monkeypatch.setattr(window_attention, "_varlen", lambda: lambda q, k, v, cu_q, cu_k, mq, mk, **kw: varlen_stand_in(
+        q, k, v, cu_q[[0, -1]], cu_k[[0, -1]], q.shape[0], q.shape[0], **kw))
+    assert abs(_run(name, ops, ids, labels, position_ids=positions)[0] - ref[0]) > 1e-4
