@@ -42,6 +42,7 @@ import torch
 
 from ftcli import kernels
 from ftcli.engine import causal_lm_head, window_attention
+from ftcli.models.hf_compat import hub_kernels_off
 from ftcli.recipe import KERNEL_OPS
 
 SUPPORTED = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
@@ -88,6 +89,7 @@ def apply(model, ops="auto", log: Callable[[str], None] = lambda _: None, impl: 
     if not requested:
         return report
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hub_kernels_off(lm)  # else its next train()/eval() would unbind what we bind here
     config = getattr(lm, "config", None)
     model_type = getattr(config, "model_type", None)
     family = SUPPORTED.get(model_type)

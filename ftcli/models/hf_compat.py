@@ -31,3 +31,20 @@ def enable_checkpointing(model) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=dict(NON_REENTRANT))
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(NON_REENTRANT))
+
+
+def hub_kernels_off(model) -> None:
+    """Switch off transformers' own kernelization from the Hugging Face `kernels` package.
+
+    Newer 5.x releases turn it on by default once `kernels` is installed, and re-run it on every
+    train()/eval() switch: that pops the instance forwards ftcli's patch binds on decorated layers
+    (RMSNorm), so the Trainer's model.train() silently put transformers' RMSNorm back. ftcli picks the
+    kernels of a run itself (train.kernels), so a loaded model never kernelizes on its own.
+    """
+    if not getattr(model, "use_kernels", False):
+        return
+    reset = getattr(model, "reset_kernels", None)
+    if reset is not None:
+        reset()  # back to the torch forwards, and use_kernels off
+    else:
+        model.use_kernels = False

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ftcli.errors import BadInput, MissingPackage
-from ftcli.models import builtin
+from ftcli.models import builtin, hf_compat
 from ftcli.recipe import ModelSection
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
@@ -94,6 +94,7 @@ def load(section: ModelSection, config=None):
             raise BadInput(f"model.name {section.name!r}: architecture {config.model_type!r} is not a "
                            "causal language model that transformers can load") from None
         raise
+    hf_compat.hub_kernels_off(model)  # ftcli chooses the kernels (train.kernels), not the hub
     tokenizer = load_tokenizer(section)
     if torch.cuda.is_available() and not section.load_in_4bit:
         model = model.to("cuda")

@@ -220,6 +220,8 @@ def test_fix_on_a_recipe_target_saves_the_fixed_embeddings(tmp_path):
 def test_numerics_packing_on_a_sliding_window_model(monkeypatch):
     """Gemma 3 samples longer than its local window: packed the SFT stage's way, the loss is the unpacked
     loss; packed under a full-attention block mask (the window lost), numerics-packing reports it."""
+    import torch
+
     from ftcli.doctor import numerics
     from ftcli.data import packing, templates
     from helpers.doctor import live
@@ -231,5 +233,17 @@ def test_numerics_packing_on_a_sliding_window_model(monkeypatch):
     assert min(len(s["input_ids"]) for s in samples) > 2 * model.config.sliding_window
     found = numerics.packing_check(model, samples, tok.pad_token_id, 1e-5, packing_on=True)
     assert found.severity == "info", found.message
-    monkeypatch.setattr(packing, "has_sliding_window", lambda model: False)
+
+    class WindowLost(packing.PaddingFreePacking):
+        """The old collator: one [1, 1, T, T] block-diagonal causal mask, which replaced the per-layer masks."""
+
+        def __call__(self, examples):
+            batch = super().__call__(examples)
+            pos = batch["position_ids"][0]
+            segment = torch.cumsum((pos == 0).long(), 0)
+            causal = torch.ones(len(pos), len(pos), dtype=torch.bool).tril()
+            batch["attention_mask"] = (causal & (segment[:, None] == segment[None, :]))[None, None]
+            return batch
+
+    monkeypatch.setattr(packing, "PaddingFreePacking", WindowLost)
     assert numerics.packing_check(model, samples, tok.pad_token_id, 1e-5, packing_on=True).severity == "error"
