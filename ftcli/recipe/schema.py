@@ -201,6 +201,9 @@ class TrainSection(Section):
                             "as one varlen FlashAttention call (CUDA, bf16/fp16, kernels on); true: also elsewhere, "
                             "on transformers' block-diagonal mask (exact, slower)")
     seed: int = 42
+    report_to: Literal["auto", "none"] | list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        "auto", description="where metrics also go: auto = TensorBoard (RUN_DIR/logs); a list of tensorboard, wandb, "
+                            "mlflow (each configured by its own environment: WANDB_MODE, MLFLOW_TRACKING_URI); none")
     logging_steps: int = Field(1, gt=0)
     save_steps: int | None = Field(None, gt=0, description="None = save only at the end")
     save_total_limit: int | None = Field(None, gt=0, description="keep only the newest N checkpoints")

@@ -9,6 +9,8 @@ passes in. The memory plan is made once, before any weight is loaded, and every 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ def check_supported(recipe: Recipe, world_size: int | None = None) -> None:
         raise BadInput("train.distributed: fsdp needs CUDA GPUs (accelerate shards models only across GPUs)",
                        hint="on the CPU, use train.distributed: ddp")
     check_export_ready(recipe.export)  # unknown quant type or no llama-cpp-python: exit 2 before training
+    trainer_args.report_targets(recipe.train.report_to)  # a report_to package missing: exit 2 before loading
 
 
 @dataclass
@@ -156,8 +159,9 @@ def build_trainer(recipe: Recipe, loaded: Loaded, run_dir: Path, manifest: rundi
         recipe=recipe, model=loaded.model, tokenizer=loaded.tokenizer, template=loaded.template,
         train_set=loaded.train_set, eval_set=loaded.eval_set, checkpoints_dir=str(run_dir / "checkpoints"),
         precision=trainer_args.precision_flags(pretrained.pick_dtype(recipe.model)),
-        report_to=trainer_args.report_targets(), callbacks=step_callbacks, log=log)
-    trainer = loaded.stage.build_trainer(setup)
+        report_to=trainer_args.report_targets(recipe.train.report_to), callbacks=step_callbacks, log=log)
+    with _tensorboard_dir(run_dir / "logs"):  # read when the trainer builds its TensorBoard callback
+        trainer = loaded.stage.build_trainer(setup)
     manifest.facts["kernels_applied"] = apply_kernels(recipe, loaded.stage, trainer.model, log)
     return trainer
 
@@ -192,3 +196,16 @@ def train(trainer, recipe: Recipe, eval_set, checkpoint: Path | None, manifest: 
         manifest.fail("CUDA out of memory")
         raise TrainingFailed("CUDA out of memory during training",
                              hint="try " + "; or ".join(memory_plan.advice(recipe))) from None
+
+
+@contextlib.contextmanager
+def _tensorboard_dir(folder: Path):
+    """RUN_DIR/logs for TensorBoard's event files, unless the user set TENSORBOARD_LOGGING_DIR."""
+    if "TENSORBOARD_LOGGING_DIR" in os.environ:
+        yield
+        return
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        os.environ.pop("TENSORBOARD_LOGGING_DIR", None)

@@ -7,6 +7,7 @@ import importlib.util
 import torch
 
 from ftcli.engine import logprobs
+from ftcli.errors import BadInput
 from ftcli.models.hf_compat import checkpointing_args
 from ftcli.recipe import Recipe
 
@@ -91,6 +92,18 @@ def precision_flags(dtype: torch.dtype) -> dict:
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
-def report_targets() -> list[str]:
-    """TensorBoard when it is installed; never a service that needs an account."""
-    return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+REPORT_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def report_targets(setting="auto") -> list[str]:
+    """The trainer's `report_to` for `train.report_to`: auto = TensorBoard (a dependency of ftcli), never a service
+    that needs an account; a list passes through once each package is found."""
+    if setting == "auto":
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    if setting == "none":
+        return []
+    missing = [name for name in setting if importlib.util.find_spec(REPORT_PACKAGES[name]) is None]
+    if missing:
+        raise BadInput(f"train.report_to: {', '.join(missing)} is not installed",
+                       hint="pip install " + " ".join(REPORT_PACKAGES[m] for m in missing))
+    return list(setting)

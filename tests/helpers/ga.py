@@ -20,8 +20,9 @@ def varlen_rows():
     return rows
 
 
-def ga_recipe(tmp_path, name, batch, accum):
-    """The GA comparison recipe: float64, plain SGD, constant LR, no clipping, on the variable-length rows."""
+def ga_recipe(tmp_path, name, batch, accum, **train):
+    """The GA comparison recipe: float64, plain SGD, constant LR, no clipping, on the variable-length rows;
+    `train` overrides train settings (packing, max_steps)."""
     data = write_jsonl(tmp_path / "varlen.jsonl", varlen_rows())
     return write_recipe(
         tmp_path / f"{name}.yaml",
@@ -30,7 +31,7 @@ def ga_recipe(tmp_path, name, batch, accum):
         lora={"r": 8, "alpha": 16, "dropout": 0.0},
         train={"max_steps": STEPS, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accum,
                "optim": "sgd", "learning_rate": 0.2, "lr_scheduler_type": "constant", "max_grad_norm": 0.0,
-               "logging_steps": 1, "seed": 7},
+               "logging_steps": 1, "seed": 7, **train},
         output_dir=str(tmp_path / name),
     )
 
@@ -42,8 +43,8 @@ def read_run(run_dir):
     return weights, losses
 
 
-def run_once(tmp_path, name, batch, accum):
-    result = training.run(recipe.load(ga_recipe(tmp_path, name, batch, accum)))
+def run_once(tmp_path, name, batch, accum, **train):
+    result = training.run(recipe.load(ga_recipe(tmp_path, name, batch, accum, **train)))
     return read_run(result.run_dir)
 
 

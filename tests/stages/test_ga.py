@@ -29,3 +29,19 @@ def test_gradient_accumulation_equals_one_big_batch_and_naive_mean_does_not(tmp_
     assert naive_diff > 1e-2 * scale  # the naive mean is off by whole percents, far beyond 10x the tolerance
     assert torch.allclose(torch.tensor(big_losses), torch.tensor(acc_losses), rtol=1e-6)  # logged through fp32
     assert not torch.allclose(torch.tensor(big_losses[1:]), torch.tensor(naive_losses[1:]), rtol=1e-2)
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_stays_exact_with_packing(tmp_path, monkeypatch):
+    """Packed bins of mixed lengths (train.packing: true, on transformers' mask here): batch 4 x GA 1 equals
+    batch 2 x GA 2, since the normaliser counts every trained token of the step; the naive mean does not."""
+    packed = {"packing": True, "max_steps": 2}
+    big_w, _ = run_once(tmp_path, "p-b4ga1", 4, 1, **packed)
+    acc_w, _ = run_once(tmp_path, "p-b2ga2", 2, 2, **packed)
+    monkeypatch.setattr(sft, "EXACT_GA", False)
+    naive_w, _ = run_once(tmp_path, "p-naive", 2, 2, **packed)
+    scale = update_size(big_w)
+    exact_diff, naive_diff = max_weight_diff(big_w, acc_w), max_weight_diff(big_w, naive_w)
+    print(f"packed: update scale {scale:.3e}; exact GA diff {exact_diff:.3e}; naive GA diff {naive_diff:.3e}")
+    assert scale > 1e-2 and exact_diff < 1e-9 * scale
+    assert naive_diff > 1e-3 * scale
