@@ -95,12 +95,17 @@ def build_dataset(rows: list[dict], template, tokenizer, recipe: Recipe, report)
 
 
 class FtcliDPOTrainer(DPOTrainer):
-    """DPOTrainer that takes our pre-tokenized pairs as they are."""
+    """DPOTrainer that takes our pre-tokenized pairs as they are, and keeps their `length` for the sampler."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
         if "prompt_ids" in getattr(dataset, "column_names", []):
             return dataset
         return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "length" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "length"]  # read by the length-grouped sampler
 
 
 def trainer_args(recipe: Recipe, checkpoints_dir: str, precision: dict, has_eval: bool, report_to: list[str]):
@@ -114,12 +119,25 @@ def trainer_args(recipe: Recipe, checkpoints_dir: str, precision: dict, has_eval
         loss_weights=d.loss_weights,
         label_smoothing=d.label_smoothing,
         precompute_ref_log_probs=d.precompute_ref_log_probs,
+        # Each batch pads to its longest pair; pairs are sorted by length within shuffled windows of batches.
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
     )
+
+
+def with_lengths(dataset, max_length: int):
+    """The pairs with a `length` column: what the collator pads a pair's rows to, read by the length-grouped
+    sampler so that a batch holds pairs of similar length (little padding to compute)."""
+    lengths = [min(max_length, len(p) + max(len(c), len(r)))
+               for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+    return dataset.add_column("length", lengths)
 
 
 def build_trainer(recipe: Recipe, model, tokenizer, train_dataset, eval_dataset, checkpoints_dir: str,
                   precision: dict, report_to: list[str], callbacks: list, log=lambda _: None):
     args = trainer_args(recipe, checkpoints_dir, precision, eval_dataset is not None, report_to)
+    train_dataset = with_lengths(train_dataset, recipe.model.max_seq_length)
+    eval_dataset = with_lengths(eval_dataset, recipe.model.max_seq_length) if eval_dataset is not None else None
     trainer = FtcliDPOTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                               processing_class=tokenizer, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
