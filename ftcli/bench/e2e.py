@@ -9,7 +9,7 @@ max_seq_length 2048, AdamW at a constant lr 1e-4, bf16, loss on every token.
   trl                  plain TRL SFTTrainer, packing on (padding-free), sdpa, non-reentrant checkpointing
   liger                the same with use_liger_kernel
 Each reports real tokens/s (tokens that are not padding, over train_runtime), peak GiB, the loss (the mean
-of the last 10 logged steps) and its own real-token count. Peers run only where installed.
+of the last 10 logged steps, the first step's, and every step's) and its own real-token count. Peers run only where installed.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class E2EResult:
     steady_tokens_per_second: float = 0.0
     peak_gib: float = 0.0
     final_loss: float = float("nan")
+    first_loss: float = float("nan")  # before any update: every mode must agree here if its loss is the same mean
+    losses: list[float] = field(default_factory=list)
     steps: int = 0
     four_bit: bool = False
     notes: list[str] = field(default_factory=list)
@@ -126,6 +128,7 @@ def _result(spec: dict, logs: list[dict], tokens: int, seconds: float, steady: f
                      train_seconds=round(seconds, 2), tokens_per_second=round(tokens / seconds, 1) if seconds else 0.0,
                      steady_tokens_per_second=steady, peak_gib=round(peak / 2**30, 2),
                      final_loss=statistics.fmean(losses[-10:]) if losses else float("nan"),
+                     first_loss=losses[0] if losses else float("nan"), losses=[round(x, 5) for x in losses],
                      steps=len(losses), four_bit=spec.get("four_bit", False), notes=notes)
 
 
@@ -198,7 +201,7 @@ def line(r: E2EResult, unsloth: E2EResult | None) -> str:
               if unsloth and unsloth.ok and unsloth.tokens_per_second else "")
     steady = f", {r.steady_tokens_per_second:,.0f} after 3 steps" if r.steady_tokens_per_second else ""
     return (f"{head} real tok/s {r.tokens_per_second:>8,.0f}{versus}{steady}  peak {r.peak_gib:6.2f} GiB  "
-            f"loss {r.final_loss:.4f}  tokens {r.real_tokens:,} in {r.train_seconds:.1f} s, {r.steps} steps")
+            f"loss {r.final_loss:.4f} (first {r.first_loss:.4f})  tokens {r.real_tokens:,} in {r.train_seconds:.1f} s, {r.steps} steps")
 
 
 if __name__ == "__main__":
