@@ -25,7 +25,7 @@ from pathlib import Path
 SHAPE = dict(hidden_size=512, intermediate_size=1280, num_hidden_layers=4, num_attention_heads=8,
              num_key_value_heads=8, max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=True,
              rms_norm_eps=1e-5, vocab_size=32064, bos_token_id=1, eos_token_id=32000)  # 512/1280 are 256-multiples
-SEQ, BATCH, SEED = 512, 64, 0
+SEED = 0
 
 
 def is_heldout(path: Path) -> bool:
@@ -39,7 +39,7 @@ def stdlib_files() -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if not any(part in skip for part in p.relative_to(root).parts))
 
 
-def train(tokenizer_dir: Path, out: Path, seconds: float) -> None:
+def train(tokenizer_dir: Path, out: Path, seconds: float, seq: int, batch: int, steps_planned: int) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -53,27 +53,28 @@ def train(tokenizer_dir: Path, out: Path, seconds: float) -> None:
     (out / "heldout.txt").write_text(heldout[:2_000_000], encoding="utf-8")
     t0 = time.time()
     ids = [i for enc in tok(train_texts, add_special_tokens=False)["input_ids"] for i in [1, *enc, 32000]]
-    data = torch.tensor(ids[: len(ids) // SEQ * SEQ]).view(-1, SEQ)
+    data = torch.tensor(ids[: len(ids) // seq * seq]).view(-1, seq)
     print(f"{len(train_texts)} training files, {data.numel():,} tokens in {data.shape[0]} rows "
           f"(tokenized in {time.time() - t0:.0f} s); {len(files) - len(train_texts)} files held out", flush=True)
     config = LlamaConfig(**SHAPE)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # the CPU only for a smoke test of this script
-    model = LlamaForCausalLM(config).to(device, torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = LlamaForCausalLM(config).to(device, torch.bfloat16 if device == "cuda" else torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=1.5e-3, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=device == "cuda")
     data = data[torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(SEED))].to(device)
-    warmup, steps_planned, losses, step, start = 100, 1800, [], 0, time.time()
+    warmup, losses, step, start = min(100, steps_planned // 10), [], 0, time.time()
     while time.time() - start < seconds and step < steps_planned:
-        lr = 1.5e-3 * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps_planned))
+        progress = max(step / steps_planned, (time.time() - start) / seconds)  # whichever budget ends first
+        lr = 1.5e-3 * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in opt.param_groups:
             group["lr"] = max(lr, 1.5e-4)
-        batch = data[(step * BATCH) % (data.shape[0] - BATCH):][:BATCH]
-        loss = model(input_ids=batch, labels=batch).loss
+        rows = data[(step * batch) % (data.shape[0] - batch):][:batch]
+        loss = model(input_ids=rows, labels=rows).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if step % 50 == 0:
+        if step % 25 == 0:
             losses.append([step, round(loss.item(), 4)])
             print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f} s", flush=True)
         step += 1
@@ -85,17 +86,17 @@ def train(tokenizer_dir: Path, out: Path, seconds: float) -> None:
             continue
         parts = max(1, math.ceil(tensor.numel() * 2 / 14_000_000))  # files back from the GPU machine are <= 16 MB
         for k, piece in enumerate(tensor.chunk(parts, dim=0)):
-            state[f"{name}#{k}" if parts > 1 else name] = piece.contiguous().cpu()
+            state[f"{name}#{k}" if parts > 1 else name] = piece.to(torch.bfloat16).contiguous().cpu()
     shards, current, size = [], {}, 0
     for name, tensor in state.items():
-        if current and size + tensor.numel() * 2 > 15_000_000:
+        if current and size + tensor.numel() * tensor.element_size() > 15_000_000:
             shards.append(current)
             current, size = {}, 0
-        current[name], size = tensor, size + tensor.numel() * 2
+        current[name], size = tensor, size + tensor.numel() * tensor.element_size()
     shards.append(current)
     for n, shard in enumerate(shards):
         save_file(shard, str(out / f"model-{n:05d}.safetensors"))
-    meta = dict(config=config.to_dict(), seed=SEED, seq=SEQ, batch=BATCH, steps=step, tokens_seen=step * BATCH * SEQ,
+    meta = dict(config=config.to_dict(), seed=SEED, seq=seq, batch=batch, steps=step, tokens_seen=step * batch * seq,
                 train_seconds=round(time.time() - start, 1), losses=losses, final_loss=round(loss.item(), 4),
                 gpu=torch.cuda.get_device_name() if device == "cuda" else "cpu", torch=torch.__version__)
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -136,5 +137,8 @@ if __name__ == "__main__":
     parser.add_argument("--from", dest="source", type=Path)
     parser.add_argument("--to", type=Path)
     parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=1800, help="planned steps: the cosine schedule's length")
     a = parser.parse_args()
-    train(a.tokenizer, a.out, a.seconds) if a.action == "train" else restore(a.tokenizer, a.source, a.to)
+    train(a.tokenizer, a.out, a.seconds, a.seq, a.batch, a.steps) if a.action == "train" else restore(a.tokenizer, a.source, a.to)
