@@ -224,29 +224,31 @@ def test_code_tests_contain_infinite_loop_memory_bomb_and_file_writes(tmp_path):
     victim = tmp_path / "keep.txt"
     victim.write_text("precious")
     add = "\ndef add(a, b):\n    return a + b"
-    adversarial = {
+    failing = {  # each of these stops the program before `add` exists, or hangs: score 0
         "infinite loop": "def add(a, b):\n    while True:\n        pass\nadd(1, 2)",
-        "memory bomb": "blob = bytearray(8 * 1024 ** 3)\ndef add(a, b):\n    return a + b",
-        "list bomb": "xs = [0] * (10 ** 10)\ndef add(a, b):\n    return a + b",
-        "file write": f"open({str(target)!r}, 'w').write('x')\ndef add(a, b):\n    return a + b",
+        "memory bomb": "blob = bytearray(8 * 1024 ** 3)" + add,
+        "list bomb": "xs = [0] * (10 ** 10)" + add,
+        "file write": f"open({str(target)!r}, 'w').write('x')" + add,
         "os.open write": f"import os\nos.open({str(target)!r}, os.O_CREAT | os.O_WRONLY)" + add,
-        "truncate": f"open({str(victim)!r}, 'w')\ndef add(a, b):\n    return a + b",
-        "delete": f"import os\nos.remove({str(victim)!r})\ndef add(a, b):\n    return a + b",
-        "shell": f"import os\nos.system('touch {target}')\ndef add(a, b):\n    return a + b",
+        "truncate": f"open({str(victim)!r}, 'w')" + add,
+        "delete": f"import os\nos.remove({str(victim)!r})" + add,
+        "output flood": "print('x' * 10 ** 8)" + add,
+    }
+    # A shell or a subprocess may run, but only inside the sandbox: the host's files stay as they were.
+    contained = {
+        "shell": f"import os\nos.system('touch {target}; rm -f {victim}')" + add,
         "subprocess": f"import subprocess\nsubprocess.run(['touch', {str(target)!r}])" + add,
-        "output flood": "print('x' * 10 ** 8)\ndef add(a, b):\n    return a + b",
-        "fork": "import os\nos.fork()\ndef add(a, b):\n    return a + b",
     }
     started = time.time()
-    results = sandbox.run_many([(src, ADD_TESTS) for src in adversarial.values()], timeout=2.0, memory_mb=256)
+    jobs = [(src, ADD_TESTS) for src in [*failing.values(), *contained.values()]]
+    results = sandbox.run_many(jobs, timeout=2.0, memory_mb=256)
     elapsed = time.time() - started
-    scores = {name: r.score() for name, r in zip(adversarial, results)}
+    scores = {name: r.score() for name, r in zip(failing, results)}
     assert all(s == 0.0 for s in scores.values()), scores
     assert not target.exists() and victim.read_text() == "precious"
     assert results[0].status == "timeout" and elapsed < 30
     # the training process itself is untouched and a good program still passes afterwards
     assert sandbox.run("def add(a, b):\n    return a + b", ADD_TESTS).score() == 1.0
-    assert os.getpid() > 0
 
 
 def test_code_tests_validation_reads_the_first_row():
