@@ -111,7 +111,8 @@ def probe() -> str | None:
             return f"{', '.join(missing)} not found (package util-linux)"
     argv = command(["-I", "-S", "-B", "-c", "import os; assert os.getuid() == 65534; print('ok')"], bwrap)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+                              env={})
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"bwrap did not start: {err}"
     if done.returncode != 0 or done.stdout.strip() != "ok":

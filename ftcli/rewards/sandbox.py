@@ -91,7 +91,7 @@ def run(code: str, tests, timeout: float = 5.0, memory_mb: int = 512, max_output
     argv = isolation.command(["-I", "-S", "-B", "-c", _CHILD_SOURCE])
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                pass_fds=(write_fd,), start_new_session=True)
+                                pass_fds=(write_fd,), start_new_session=True, env={})  # bwrap too gets no secrets
     except OSError:
         os.close(read_fd)
         return Result(0, len(cases), "error")

@@ -16,6 +16,7 @@ import json
 import os
 import random
 import resource
+import select
 import sys
 
 LIMITS = (("RLIMIT_AS", "memory"), ("RLIMIT_CPU", "cpu"), ("RLIMIT_FSIZE", "file_size"),
@@ -142,16 +143,30 @@ def worker(job, report_fd):
     os._exit(0)
 
 
-def read_capped(fd, cap):
-    chunks, size = [], 0
+def collect_report(fd, pid, cap):
+    """The worker's report, read until the worker exits (its forks may keep the pipe open); (bytes, exit code)."""
+    os.set_blocking(fd, False)
+    chunks, size, status = [], 0, None
     while size <= cap:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
+        if status is None:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            status = os.waitstatus_to_exitcode(raw) if done else None
+        if status is None:
+            select.select([fd], [], [], 0.05)
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            chunk = None
+        if chunk:
+            chunks.append(chunk)
+            size += len(chunk)
+        elif status is not None:
+            break  # the worker is gone and the pipe is drained (or at EOF)
     os.close(fd)
-    return b"".join(chunks)[:cap + 1]
+    if status is None:  # over the cap: stop the worker
+        os.kill(pid, 9)
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return b"".join(chunks)[:cap + 1], status
 
 
 def set_limits(limits):
@@ -178,9 +193,7 @@ def supervise():
         sys.stdout, sys.stderr = CappedText(job["cap"]), CappedText(job["cap"])  # a print flood fails the program
         worker(job, report_w)
     os.close(report_w)
-    report = read_capped(report_r, job["report_cap"])
-    _, status = os.waitpid(pid, 0)
-    exit_code = os.waitstatus_to_exitcode(status)
+    report, exit_code = collect_report(report_r, pid, job["report_cap"])
     answer = {"exit": exit_code, "report": report.decode("utf-8", "replace")}
     with os.fdopen(channel, "wb") as pipe:
         pipe.write(json.dumps(answer).encode("utf-8"))
