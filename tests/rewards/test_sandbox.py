@@ -180,15 +180,16 @@ def test_generated_code_cannot_write_outside_its_private_tmp(tmp_path):
 
 def test_generated_code_has_no_network_not_even_loopback():
     server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(5)
-    port, received = server.getsockname()[1], []
+    server.settimeout(0.1)
+    port, received, stop = server.getsockname()[1], [], threading.Event()
 
     def accept():
-        try:
-            conn, _ = server.accept()
-            received.append(conn.recv(100))
-        except OSError:
-            pass
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                received.append(conn.recv(100))
+            except OSError:
+                pass
 
     thread = threading.Thread(target=accept)
     thread.start()
@@ -197,8 +198,9 @@ def test_generated_code_has_no_network_not_even_loopback():
     try:
         assert reward([as_completion(attack)], [["assert connect() == 'connected'"]]) == [0.0]
     finally:
-        server.close()
+        stop.set()
         thread.join()
+        server.close()
     assert received == []
 
 
