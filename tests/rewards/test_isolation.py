@@ -1,6 +1,8 @@
 """Without a working bubblewrap, code_tests refuses (exit 2, with the install command); it never runs code unisolated."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -8,7 +10,7 @@ from ftcli import recipe, rewards
 from ftcli.errors import BadInput
 from ftcli.rewards import isolation, sandbox
 from ftcli.runner import train as training
-from helpers.runs import write_recipe
+from helpers.runs import write_jsonl, write_recipe
 
 
 @pytest.fixture
@@ -70,3 +72,17 @@ def test_the_sandbox_sees_the_interpreter_and_nothing_of_home_or_the_run_dir():
     tests = [f"r = look()\nassert (r[0], [d for d in r[1] if d in ('dev', 'proc', 'tmp', 'usr', 'etc', 'home', 'work')],"
              f" r[2], r[3], r[4], r[5], r[6]) == {expected!r}"]
     assert sandbox.run(code, tests).score() == 1.0
+
+
+def test_ftcli_train_refuses_code_tests_without_bwrap_before_loading_anything(tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "write add", "tests": ["assert add(1, 2) == 3"]}] * 4)
+    path = write_recipe(tmp_path / "r.yaml", dataset={"path": str(data), "format": "prompt"},
+                        train={"stage": "grpo", "per_device_train_batch_size": 4,
+                               "grpo": {"num_generations": 4, "rewards": [{"type": "code_tests"}]}})
+    env = {**os.environ, "PATH": str(tmp_path / "empty-bin")}  # no bwrap on PATH
+    out = subprocess.run([sys.executable, "-m", "ftcli", "train", str(path)], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    assert "bubblewrap (`bwrap`) is not installed" in text and "apt-get install bubblewrap" in text
+    assert "Traceback" not in text and not (tmp_path / "run").exists()
