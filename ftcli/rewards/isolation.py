@@ -42,11 +42,13 @@ def interpreter() -> str:
 
 
 def interpreter_paths() -> list[str]:
-    """What the interpreter needs to start with `-I -S`: itself, its standard library, its shared libpython."""
-    paths = [interpreter(), sysconfig.get_paths()["stdlib"]]
-    libdir, library = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
-    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir and library:
-        paths += [os.path.join(libdir, name) for name in os.listdir(libdir) if name.startswith(library)]
+    """What the interpreter needs to start with `-I -S`: itself and its lib folder (standard library,
+    libpython, and the libraries its extension modules link, as conda keeps them there)."""
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    libdir = os.path.realpath(sysconfig.get_config_var("LIBDIR") or stdlib)
+    paths = [interpreter(), libdir]
+    if not stdlib.startswith(libdir + "/"):
+        paths.append(stdlib)
     return [p for p in dict.fromkeys(os.path.realpath(p) for p in paths) if not _under_system_dirs(p)]
 
 

@@ -31,8 +31,12 @@ def encode(value, depth=0):
     """Plain Python data -> JSON, keeping the types that `==` tells apart (tuple vs list, set, bytes)."""
     if depth > 100:
         raise Unsupported("nested too deep")
-    if value is None or isinstance(value, (bool, str)):
-        return bool(value) if isinstance(value, bool) else (None if value is None else str.__str__(value))
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str):
+        return str.__str__(value)  # a plain str, whatever the subclass
     if isinstance(value, int):
         return int.__index__(value)
     if isinstance(value, float):
@@ -40,7 +44,7 @@ def encode(value, depth=0):
     if isinstance(value, complex):
         return {"complex": [float(value.real), float(value.imag)]}
     if isinstance(value, (bytes, bytearray)):
-        return {type(value).__name__ if type(value) in (bytes, bytearray) else "bytes": bytes(value).hex()}
+        return {"bytearray" if isinstance(value, bytearray) else "bytes": bytes(value).hex()}
     for kind in (list, tuple, set, frozenset):
         if isinstance(value, kind):
             return {kind.__name__: [encode(v, depth + 1) for v in value]}
