@@ -2,15 +2,13 @@
 
 import collections
 import json
-import os
 
 import pytest
 
-from ftcli.rewards import cases, isolation, sandbox
+from ftcli.rewards import cases, sandbox
 from ftcli.rewards.sandbox_child import Unsupported, decode, encode
+from helpers.sandbox import needs_sandbox
 
-needs_sandbox = pytest.mark.skipif(isolation.probe() is not None and os.environ.get("CI") != "true",
-                                   reason=f"no working bubblewrap here: {isolation.probe()}")
 
 
 @pytest.mark.parametrize("source, calls, expected", [

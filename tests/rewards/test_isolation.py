@@ -11,6 +11,7 @@ from ftcli.errors import BadInput
 from ftcli.rewards import isolation, sandbox
 from ftcli.runner import train as training
 from helpers.runs import write_jsonl, write_recipe
+from helpers.sandbox import needs_sandbox
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def test_a_bwrap_that_cannot_make_namespaces_is_refused_with_its_reason(monkeypa
         isolation.probe.cache_clear()
 
 
-@pytest.mark.skipif(isolation.probe() is not None and os.environ.get("CI") != "true", reason="no working bwrap")
+@needs_sandbox
 def test_the_sandbox_sees_the_interpreter_and_nothing_of_home_or_the_run_dir():
     seen = ("import os, sys\ndef look():\n    return (os.getuid(), sorted(os.listdir('/')), os.path.exists(os.getcwd()),"
             f" os.path.exists({os.getcwd()!r}), os.path.exists({os.path.expanduser('~') + '/.bashrc'!r}),"

@@ -13,6 +13,7 @@ from ftcli import rewards
 from ftcli.rewards import sandbox
 from ftcli.errors import BadInput, RecipeError
 from helpers.runs import write_recipe
+from helpers.sandbox import needs_sandbox
 
 
 def make(**spec):
@@ -204,6 +205,7 @@ def code(body: str) -> str:
     return f"Here you go:\n```python\n{textwrap.dedent(body)}\n```"
 
 
+@needs_sandbox
 def test_code_tests_scores_passing_cases_and_reads_io_tests():
     spec = {"type": "code_tests", "column": "tests", "timeout": 5}
     good = code("def add(a, b):\n    return a + b")
@@ -219,6 +221,7 @@ def test_code_tests_scores_passing_cases_and_reads_io_tests():
     assert score(spec, [echo], {"tests": [apps]}) == [1.0]
 
 
+@needs_sandbox
 def test_code_tests_contain_infinite_loop_memory_bomb_and_file_writes(tmp_path):
     target = tmp_path / f"pwned-{uuid.uuid4().hex}"
     victim = tmp_path / "keep.txt"
@@ -251,6 +254,7 @@ def test_code_tests_contain_infinite_loop_memory_bomb_and_file_writes(tmp_path):
     assert sandbox.run("def add(a, b):\n    return a + b", ADD_TESTS).score() == 1.0
 
 
+@needs_sandbox
 def test_code_tests_validation_reads_the_first_row():
     spec = make(type="code_tests")
     with pytest.raises(BadInput, match="test cases must be"):

@@ -20,9 +20,9 @@ import pytest
 
 from ftcli import rewards
 from ftcli.rewards import isolation, sandbox
+from helpers.sandbox import needs_sandbox
 
-pytestmark = pytest.mark.skipif(isolation.probe() is not None and os.environ.get("CI") != "true",
-                                reason=f"no working bubblewrap here: {isolation.probe()}")
+pytestmark = needs_sandbox
 
 
 def reward(completions, tests, **spec):
