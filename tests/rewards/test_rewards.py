@@ -1,6 +1,5 @@
 """GRPO rewards: every built-in on hand-made completions, validation of bad declarations, the code sandbox."""
 
-import os
 import sys
 import textwrap
 import time
