@@ -81,6 +81,10 @@ os._exit(0)
     assert scores == {name: 0.0 for name in forgeries}
     right = reward([as_completion("def add(a, b):\n    return a + b\n")], [tests])
     assert right == [1.0]  # control: the same tests pass a right solution
+    # the result pipe (moved to an fd in 100..999) is closed before the code runs; only the report pipe is open
+    fds = "import os\ndef high_fds():\n    return [fd for fd in range(100, 1000) if _open(fd)]\n" \
+          "def _open(fd):\n    try:\n        os.fstat(fd)\n        return True\n    except OSError:\n        return False\n"
+    assert reward([as_completion(fds)], [["assert high_fds() == []"]]) == [1.0]
 
 
 def test_the_expected_answers_never_enter_the_sandbox():
