@@ -12,14 +12,17 @@ import, signatures fit) and returns TRL reward callables: `fn(prompts, completio
 -> list[float]`, each with a `__name__` under which TRL logs `rewards/<name>/mean`.
 ftcli/recipe/rewards.py holds the declarations (part of the recipe's schema), scoring.py
 the pure scoring functions, callables.py the TRL callables and their checks, sandbox.py runs generated
-code for `code_tests`.
+code for `code_tests` inside bubblewrap (isolation.py builds the sandbox, sandbox_child.py runs in it,
+cases.py keeps the expected answers outside and judges).
 
 May import: ftcli.recipe (the reward specs are schema and live there), ftcli.errors.
 """
 
 from ftcli.rewards.callables import Reward, build, import_function, weights
+from ftcli.rewards.isolation import SandboxUnavailable, require as require_sandbox
 from ftcli.rewards.scoring import completion_text, extract_answer, parse_number
 from ftcli.recipe.rewards import REWARD_TYPES, RewardSpec, RewardSpecError, parse_specs
 
-__all__ = ["REWARD_TYPES", "Reward", "RewardSpec", "RewardSpecError", "build", "completion_text", "extract_answer",
-           "import_function", "parse_number", "parse_specs", "weights"]
+__all__ = ["REWARD_TYPES", "Reward", "RewardSpec", "RewardSpecError", "SandboxUnavailable", "build",
+           "completion_text", "extract_answer", "import_function", "parse_number", "parse_specs", "require_sandbox",
+           "weights"]

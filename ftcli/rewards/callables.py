@@ -12,7 +12,8 @@ from typing import Callable
 
 from ftcli.errors import BadInput
 from ftcli.recipe.rewards import FunctionReward
-from ftcli.rewards import sandbox
+from ftcli.rewards import isolation, sandbox
+from ftcli.rewards.cases import normalise_tests
 from ftcli.rewards.scoring import length_of, completion_text, score_exact_match, score_format, score_json_valid, score_length, score_numeric_match, score_regex
 
 
@@ -219,9 +220,11 @@ def build(specs: list, columns: list[str], first_row: dict | None = None) -> lis
                            f"(columns: {', '.join(columns)})",
                            hint=f"set column: {close[0]}" if close else "set `column:` on the reward, or map your "
                                 "column with dataset.columns")
+        if spec.type == "code_tests":
+            isolation.require(where)  # no sandbox, no code_tests: never a fallback to running code unisolated
         if spec.type == "code_tests" and first_row is not None:
             try:
-                sandbox.normalise_tests(first_row.get(spec.column))
+                normalise_tests(first_row.get(spec.column))
             except ValueError as err:
                 raise BadInput(f"{where}: column {spec.column!r} of the first row: {err}") from None
         if spec.type == "function":

@@ -1,135 +1,45 @@
-"""Run generated Python against test cases in a separate, limited process (the `code_tests` reward).
+"""Run generated Python against test cases in a bubblewrap sandbox (the `code_tests` reward).
 
-Never in the training process: every completion runs in a fresh `python -I -S -B` child that
-first lowers its own limits (address space, CPU seconds, size of what it may write, open
-files, no core dumps), then installs an audit hook that refuses file writes, deletions,
-renames, new processes, sockets and ctypes, and only then executes the code. The parent
-enforces a wall-clock timeout (killing the whole process group) and caps the output it
-reads. Anything that times out, crashes, runs out of memory or writes too much scores 0.
-
-This contains mistakes and resource abuse by a policy being trained; it is not a security
-boundary for code written by an adversary (run such jobs inside a container).
-
-Test cases, from a dataset column, may be:
-  - a string of Python (asserts) or a list of such strings: each string is one case, run after
-    the program in the same namespace;
-  - a list of {"input": ..., "output": ...} (or {"inputs": [...], "outputs": [...]}, as APPS
-    stores them, possibly as a JSON string): the program reads stdin and must print the output.
+Never in the training process and never without the sandbox: each completion runs in one
+`bwrap` call (isolation.py: unprivileged uid, new user/pid/net/ipc/uts namespaces, no run
+directory, home or /etc, a private /tmp, --die-with-parent) where sandbox_child.py sets rlimits
+(memory, CPU seconds, file size, processes, open files) before the code runs. The expected
+answers never enter it: the sandbox returns the values of the test calls and what io programs
+print, and cases.py judges them here. The parent enforces a wall-clock timeout (killing the
+sandbox) and caps what it reads. Anything that times out, crashes, runs out of memory or floods
+its output scores 0. Without a working bwrap, `run` raises SandboxUnavailable: there is no
+in-process fallback. docs/security.md has the threat model.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
 import re
-import secrets
+import select
 import signal
 import subprocess
-import sys
-import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-_RUNNER = r'''
-import io, json, os, resource, sys
+from ftcli.rewards import cases as test_cases, isolation, sandbox_child
+from ftcli.rewards.cases import normalise_tests
 
-def _limits(cfg):
-    for name, value in (("RLIMIT_AS", cfg["memory"]), ("RLIMIT_CPU", cfg["cpu"]), ("RLIMIT_FSIZE", cfg["output"]),
-                        ("RLIMIT_CORE", 0), ("RLIMIT_NOFILE", 64)):
-        # The CPU soft limit sends SIGXCPU, the hard one a second later SIGKILL.
-        hard = value + 1 if name == "RLIMIT_CPU" else value
-        try:
-            resource.setrlimit(getattr(resource, name), (value, hard))
-        except (ValueError, OSError, AttributeError):
-            if name in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE"):
-                raise
+__all__ = ["Result", "extract_code", "normalise_tests", "run", "run_many"]
 
-_BLOCKED_PREFIXES = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill",
-                     "os.killpg", "os.remove", "os.rmdir", "os.rename", "os.mkdir", "os.chmod", "os.chown",
-                     "os.chflags", "os.link", "os.symlink", "os.truncate", "os.utime", "os.setxattr",
-                     "os.removexattr", "os.mkfifo", "os.mknod", "os.putenv", "os.unsetenv", "os.chdir",
-                     "subprocess.", "socket.", "ctypes.", "shutil.", "pty.", "resource.setrlimit",
-                     "sys.addaudithook", "_posixsubprocess", "signal.")
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-def _hook(event, args):
-    if event == "open":
-        mode, flags = args[1], args[2]
-        writes = isinstance(mode, str) and any(c in mode for c in "wax+")
-        if writes or (isinstance(flags, int) and flags & _WRITE_FLAGS):
-            raise PermissionError("sandbox: writing files is not allowed")
-    elif event.startswith(_BLOCKED_PREFIXES):
-        raise PermissionError(f"sandbox: {event} is not allowed")
-
-class _Capped(io.StringIO):
-    def __init__(self, limit):
-        super().__init__()
-        self._left = limit
-    def write(self, text):
-        self._left -= len(text)
-        if self._left < 0:
-            raise RuntimeError("sandbox: output limit exceeded")
-        return super().write(text)
-
-def _same_output(got, want):
-    return [line.rstrip() for line in got.strip().splitlines()] == [line.rstrip() for line in want.strip().splitlines()]
-
-def _main():
-    payload = json.loads(sys.stdin.read())
-    nonce, code, cases, cfg = payload["nonce"], payload["code"], payload["cases"], payload["limits"]
-    _limits(cfg)
-    real_stdout = sys.stdout
-    sys.stdin = io.StringIO("")
-    sys.addaudithook(_hook)
-    passed = 0
-    try:
-        program = compile(code, "<completion>", "exec")
-    except BaseException:
-        program = None
-    if program is not None:
-        asserts = [c for c in cases if c["kind"] == "assert"]
-        if asserts:
-            ns = {"__name__": "__main__"}
-            try:
-                exec(program, ns)
-                ok = True
-            except BaseException:
-                ok = False
-            if ok:
-                for case in asserts:
-                    try:
-                        exec(compile(case["code"], "<test>", "exec"), ns)
-                        passed += 1
-                    except BaseException:
-                        pass
-        for case in (c for c in cases if c["kind"] == "io"):
-            capture = _Capped(cfg["output"])
-            sys.stdin, sys.stdout = io.StringIO(case["input"]), capture
-            try:
-                exec(program, {"__name__": "__main__"})
-                ok = True
-            except SystemExit as stop:
-                ok = stop.code in (None, 0)
-            except BaseException:
-                ok = False
-            finally:
-                sys.stdout, sys.stdin = real_stdout, io.StringIO("")
-            if ok and _same_output(capture.getvalue(), case["output"]):
-                passed += 1
-    sys.stdout = real_stdout
-    real_stdout.write("\n" + nonce + json.dumps({"passed": passed}) + "\n")
-    real_stdout.flush()
-
-_main()
-'''
+MAX_PROCESSES = 32  # a fork bomb stops here (threads count too)
+MAX_OPEN_FILES = 64
+_CHILD_SOURCE = inspect.getsource(sandbox_child)
 
 
 @dataclass
 class Result:
     passed: int
     total: int
-    status: str  # ok | timeout | killed | no_result | no_code | no_tests | error
+    status: str  # ok | timeout | killed | no_result | no_code | no_tests | error (the sandbox did not start)
 
     def score(self, partial_credit: bool = True) -> float | None:
         if self.total == 0:
@@ -156,94 +66,95 @@ def extract_code(text: str) -> str:
     return (text[end + len("</think>"):] if end >= 0 else (text or "")).strip()
 
 
-def normalise_tests(value) -> list[dict]:
-    """Dataset test cases -> [{"kind": "assert", "code"}] / [{"kind": "io", "input", "output"}]."""
-    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            pass
-    if isinstance(value, str):
-        if not value.strip():
-            raise ValueError("the test cases are an empty string")
-        return [{"kind": "assert", "code": value}]
-    if isinstance(value, dict) and ("inputs" in value or "input_output" in value):
-        value = value.get("input_output", value)
-        if isinstance(value, str):
-            value = json.loads(value)
-        ins, outs = value.get("inputs"), value.get("outputs")
-        if not isinstance(ins, list) or not isinstance(outs, list) or len(ins) != len(outs):
-            raise ValueError("`inputs` and `outputs` must be lists of the same length")
-        return [{"kind": "io", "input": _text(i), "output": _text(o)} for i, o in zip(ins, outs)]
-    if isinstance(value, list) and value:
-        cases = []
-        for i, item in enumerate(value):
-            if isinstance(item, str):
-                cases.append({"kind": "assert", "code": item})
-            elif isinstance(item, dict) and "input" in item and "output" in item:
-                cases.append({"kind": "io", "input": _text(item["input"]), "output": _text(item["output"])})
-            else:
-                raise ValueError(f"test case {i} must be a string of Python or a mapping with input and output, "
-                                 f"got {type(item).__name__}")
-        return cases
-    raise ValueError("test cases must be a string of Python asserts, a list of them, or a list of "
-                     f"{{input, output}} mappings; got {type(value).__name__}")
-
-
-def _text(value) -> str:
-    if isinstance(value, list):
-        return "\n".join(map(str, value))
-    return str(value)
+def _limits(timeout: float, memory_mb: int, max_output_bytes: int) -> dict:
+    # The CPU-seconds limit is a backstop behind the wall-clock timeout: one thread cannot spend more CPU
+    # than wall time, so a busy loop hits the wall clock first and reads as a timeout.
+    return {"memory": memory_mb * 1024 * 1024, "cpu": math.ceil(timeout) + 3, "file_size": max_output_bytes + 4096,
+            "processes": MAX_PROCESSES, "open_files": MAX_OPEN_FILES, "core": 0}
 
 
 def run(code: str, tests, timeout: float = 5.0, memory_mb: int = 512, max_output_bytes: int = 65536) -> Result:
-    """Run `code` against `tests` in a limited child process and count the cases it passes."""
+    """Run `code` against `tests` in the sandbox and count the cases it passes."""
     try:
         cases = normalise_tests(tests)
     except (ValueError, TypeError):
         return Result(0, 0, "no_tests")
     if not code or not code.strip():
         return Result(0, len(cases), "no_code")
-    nonce = secrets.token_hex(16)
-    payload = json.dumps({
-        "nonce": nonce, "code": code, "cases": cases,
-        # The CPU-seconds limit is a backstop behind the parent's wall-clock timeout: one thread cannot
-        # spend more CPU than wall time, so a busy loop hits the wall clock first and reads as a timeout.
-        "limits": {"memory": memory_mb * 1024 * 1024, "cpu": math.ceil(timeout) + 3,
-                   "output": max_output_bytes + 4096},
-    })
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}
-    with tempfile.TemporaryDirectory(prefix="ftcli-sandbox-") as workdir, \
-            tempfile.TemporaryFile(dir=workdir) as out:
-        try:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", _RUNNER], stdin=subprocess.PIPE,
-                                    stdout=out, stderr=subprocess.DEVNULL, cwd=workdir, env=env,
-                                    start_new_session=True)
-        except OSError:
-            return Result(0, len(cases), "error")
-        try:
-            proc.communicate(payload.encode("utf-8"), timeout=timeout + 1.0)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            return Result(0, len(cases), "timeout")
-        finally:
-            _kill(proc)  # reap any stragglers in the group
-        if proc.returncode == -signal.SIGXCPU:
-            return Result(0, len(cases), "timeout")  # the CPU-seconds backstop fired
-        if proc.returncode != 0:
-            return Result(0, len(cases), "killed")
-        out.seek(0)
-        text = out.read(max_output_bytes + 8192).decode("utf-8", errors="replace")
-    lines = [line for line in text.splitlines() if line.startswith(nonce)]
-    if not lines:
-        return Result(0, len(cases), "no_result")
-    passed = int(json.loads(lines[-1][len(nonce):])["passed"])
-    return Result(min(passed, len(cases)), len(cases), "ok")
+    isolation.require()
+    plan = test_cases.plan(cases)
+    report_cap = max_output_bytes * (plan.total + 1) + 65536
+    read_fd, write_fd = os.pipe()
+    job = {"code": code, "asserts": plan.job_asserts, "io": plan.job_io, "channel": write_fd,
+           "cap": max_output_bytes, "report_cap": report_cap,
+           "limits": _limits(timeout, memory_mb, max_output_bytes)}
+    argv = isolation.command(["-I", "-S", "-B", "-c", _CHILD_SOURCE])
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                pass_fds=(write_fd,), start_new_session=True, env={})  # bwrap too gets no secrets
+    except OSError:
+        os.close(read_fd)
+        return Result(0, len(cases), "error")
+    finally:
+        os.close(write_fd)
+    try:
+        _send(proc, json.dumps(job).encode("utf-8"))
+        answer, timed_out = _receive(read_fd, timeout + 1.0, report_cap + 4096)
+    finally:
+        os.close(read_fd)
+        _kill(proc)
+    return _judge(plan, answer, timed_out)
+
+
+def _send(proc: subprocess.Popen, payload: bytes) -> None:
+    try:
+        proc.stdin.write(payload)
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass  # the sandbox did not start: no answer comes back, which reads as an error
+
+
+def _receive(fd: int, timeout: float, cap: int) -> tuple[bytes | None, bool]:
+    """Everything the supervisor writes on the result pipe until it closes; (None, True) past the deadline."""
+    deadline, chunks, size = time.monotonic() + timeout, [], 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, True
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks), False
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            return None, False
+
+
+def _judge(plan: test_cases.Plan, answer: bytes | None, timed_out: bool) -> Result:
+    total = plan.total
+    if timed_out:
+        return Result(0, total, "timeout")
+    try:
+        outer = json.loads(answer) if answer else None
+        exit_code = outer["exit"]
+        report = json.loads(outer["report"]) if outer["report"] else None
+    except (ValueError, TypeError, KeyError):
+        return Result(0, total, "no_result")
+    if exit_code == -signal.SIGXCPU:
+        return Result(0, total, "timeout")  # the CPU-seconds backstop fired
+    if exit_code != 0:
+        return Result(0, total, "killed")
+    if not isinstance(report, dict):
+        return Result(0, total, "no_result")
+    return Result(min(test_cases.passed(plan, report), total), total, "ok")
 
 
 def _kill(proc: subprocess.Popen) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # bwrap's --die-with-parent takes the whole sandbox down with it
     except (ProcessLookupError, PermissionError):
         pass
     try:

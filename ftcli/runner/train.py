@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from ftcli import doctor, stages
+from ftcli import doctor, rewards, stages
 from ftcli.data import formats, templates
 from ftcli.engine import checkpointing, distributed, memory, patch
 from ftcli.engine import plan as memory_plan
@@ -41,6 +41,8 @@ def check_supported(recipe: Recipe, world_size: int | None = None) -> None:
     if recipe.train.distributed == "fsdp" and world_size > 1 and not torch.cuda.is_available():
         raise BadInput("train.distributed: fsdp needs CUDA GPUs (accelerate shards models only across GPUs)",
                        hint="on the CPU, use train.distributed: ddp")
+    if recipe.train.stage == "grpo" and any(spec.type == "code_tests" for spec in recipe.train.grpo.rewards):
+        rewards.require_sandbox("train.grpo.rewards")  # code_tests without bubblewrap: exit 2 before loading
     check_export_ready(recipe.export)  # unknown quant type or no llama-cpp-python: exit 2 before training
     trainer_args.report_targets(recipe.train.report_to)  # a report_to package missing: exit 2 before loading
 

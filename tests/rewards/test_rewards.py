@@ -1,6 +1,5 @@
 """GRPO rewards: every built-in on hand-made completions, validation of bad declarations, the code sandbox."""
 
-import os
 import sys
 import textwrap
 import time
@@ -13,6 +12,7 @@ from ftcli import rewards
 from ftcli.rewards import sandbox
 from ftcli.errors import BadInput, RecipeError
 from helpers.runs import write_recipe
+from helpers.sandbox import needs_sandbox
 
 
 def make(**spec):
@@ -204,6 +204,7 @@ def code(body: str) -> str:
     return f"Here you go:\n```python\n{textwrap.dedent(body)}\n```"
 
 
+@needs_sandbox
 def test_code_tests_scores_passing_cases_and_reads_io_tests():
     spec = {"type": "code_tests", "column": "tests", "timeout": 5}
     good = code("def add(a, b):\n    return a + b")
@@ -219,36 +220,40 @@ def test_code_tests_scores_passing_cases_and_reads_io_tests():
     assert score(spec, [echo], {"tests": [apps]}) == [1.0]
 
 
+@needs_sandbox
 def test_code_tests_contain_infinite_loop_memory_bomb_and_file_writes(tmp_path):
     target = tmp_path / f"pwned-{uuid.uuid4().hex}"
     victim = tmp_path / "keep.txt"
     victim.write_text("precious")
     add = "\ndef add(a, b):\n    return a + b"
-    adversarial = {
+    failing = {  # each of these stops the program before `add` exists, or hangs: score 0
         "infinite loop": "def add(a, b):\n    while True:\n        pass\nadd(1, 2)",
-        "memory bomb": "blob = bytearray(8 * 1024 ** 3)\ndef add(a, b):\n    return a + b",
-        "list bomb": "xs = [0] * (10 ** 10)\ndef add(a, b):\n    return a + b",
-        "file write": f"open({str(target)!r}, 'w').write('x')\ndef add(a, b):\n    return a + b",
+        "memory bomb": "blob = bytearray(8 * 1024 ** 3)" + add,
+        "list bomb": "xs = [0] * (10 ** 10)" + add,
+        "file write": f"open({str(target)!r}, 'w').write('x')" + add,
         "os.open write": f"import os\nos.open({str(target)!r}, os.O_CREAT | os.O_WRONLY)" + add,
-        "truncate": f"open({str(victim)!r}, 'w')\ndef add(a, b):\n    return a + b",
-        "delete": f"import os\nos.remove({str(victim)!r})\ndef add(a, b):\n    return a + b",
-        "shell": f"import os\nos.system('touch {target}')\ndef add(a, b):\n    return a + b",
+        "truncate": f"open({str(victim)!r}, 'w')" + add,
+        "delete": f"import os\nos.remove({str(victim)!r})" + add,
+        "output flood": "print('x' * 10 ** 8)" + add,
+    }
+    # A shell or a subprocess may run, but only inside the sandbox: the host's files stay as they were.
+    contained = {
+        "shell": f"import os\nos.system('touch {target}; rm -f {victim}')" + add,
         "subprocess": f"import subprocess\nsubprocess.run(['touch', {str(target)!r}])" + add,
-        "output flood": "print('x' * 10 ** 8)\ndef add(a, b):\n    return a + b",
-        "fork": "import os\nos.fork()\ndef add(a, b):\n    return a + b",
     }
     started = time.time()
-    results = sandbox.run_many([(src, ADD_TESTS) for src in adversarial.values()], timeout=2.0, memory_mb=256)
+    jobs = [(src, ADD_TESTS) for src in [*failing.values(), *contained.values()]]
+    results = sandbox.run_many(jobs, timeout=2.0, memory_mb=256)
     elapsed = time.time() - started
-    scores = {name: r.score() for name, r in zip(adversarial, results)}
+    scores = {name: r.score() for name, r in zip(failing, results)}
     assert all(s == 0.0 for s in scores.values()), scores
     assert not target.exists() and victim.read_text() == "precious"
     assert results[0].status == "timeout" and elapsed < 30
     # the training process itself is untouched and a good program still passes afterwards
     assert sandbox.run("def add(a, b):\n    return a + b", ADD_TESTS).score() == 1.0
-    assert os.getpid() > 0
 
 
+@needs_sandbox
 def test_code_tests_validation_reads_the_first_row():
     spec = make(type="code_tests")
     with pytest.raises(BadInput, match="test cases must be"):

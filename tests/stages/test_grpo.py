@@ -18,6 +18,7 @@ from ftcli.errors import BadInput
 from ftcli.stages import grpo
 from ftcli.engine import logprobs
 from helpers.runs import REPO, conversation, write_jsonl, write_recipe
+from helpers.sandbox import needs_sandbox
 
 PROMPTS = ["Tell me about colors.", "What do you see?", "Describe the sky.", "Say something.",
            "Name a thing.", "Write a word.", "What is nice?", "Give me an answer."]
@@ -121,6 +122,22 @@ def test_each_reward_mean_is_logged_under_its_own_name(tmp_path):
         assert f"rewards/{name}/mean" in logged[0]
     assert (result.run_dir / "adapter" / "adapter_model.safetensors").exists()
     assert (result.run_dir / "loss.png").exists() and (result.run_dir / "recipe.resolved.yaml").exists()
+
+
+@needs_sandbox
+def test_code_tests_scores_real_completions_in_the_sandbox(tmp_path, monkeypatch):
+    from ftcli.rewards import sandbox
+
+    seen = []
+    real_run_many = sandbox.run_many
+    monkeypatch.setattr(sandbox, "run_many", lambda jobs, **kw: seen.extend(jobs) or real_run_many(jobs, **kw))
+    rows = [{"prompt": p, "tests": ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]} for p in PROMPTS]
+    loaded = grpo_recipe(tmp_path, dataset=write_jsonl(tmp_path / "code.jsonl", rows),
+                         grpo_section={"rewards": [{"type": "code_tests", "timeout": 2}]})
+    result = training.run(loaded)
+    logged = [m for m in result.metrics if "rewards/code_tests/mean" in m]
+    assert logged and all(m["rewards/code_tests/mean"] == 0.0 for m in logged)  # a random tiny model writes no add()
+    assert len(seen) >= 8 and all(tests == rows[0]["tests"] for _, tests in seen)  # TRL passed each row's column
 
 
 def test_reward_problems_stop_the_run_before_training(tmp_path):
