@@ -14,6 +14,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from ftcli.data import render_limits
 from ftcli.errors import BadInput
 
 IGNORE_INDEX = -100  # label value the loss skips
@@ -147,12 +148,17 @@ def render(template: ChatTemplate, messages: list[dict], tokenizer, add_generati
     # `in message` (Llama 3.1: 'tool_calls'); recent transformers drop them too, older may not.
     messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
     try:
-        return tokenizer.apply_chat_template(
-            messages,
-            chat_template=template.source,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
+        with render_limits.limited(template.source):
+            text = tokenizer.apply_chat_template(
+                messages,
+                chat_template=template.source,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        # The limit grows with the conversation: a template copies the messages, plus its own markup.
+        return render_limits.check_size(text, render_limits.MAX_CHARS + 2 * sum(len(m["content"]) for m in messages))
+    except render_limits.LimitExceeded as e:
+        raise ChatTemplateError(f"chat template {template.name!r} was stopped: {e}") from None
     except (jinja2.TemplateError, TypeError, ValueError) as e:
         hint = ""
         if not template.supports_system and any(m["role"] == "system" for m in messages):
