@@ -65,6 +65,8 @@ def _load_raw(section: DatasetSection):
                 return json_rows.read_jsonl(path, section.skip_invalid)
             if path.suffix.lower() == ".json":
                 return json_rows.read_json(path, section.skip_invalid)
+            # datasets logs its own traceback for an unreadable file; ours says the file and the cause once.
+            datasets.logging.set_verbosity(datasets.logging.CRITICAL)
             return datasets.load_dataset(kind, data_files=str(path), split="train")
         if path.suffix or path.exists() or str(section.path).startswith((".", "/")):
             raise DataError(f"{section.path}: dataset file not found",
@@ -220,7 +222,10 @@ def read_rows(section: DatasetSection) -> tuple[list[dict], str, DataReport]:
     if len(raw) == 0:
         skipped = getattr(raw, "skipped", [])
         raise DataError(f"{section.path}: no rows" + (f"; every line was skipped, e.g. {skipped[0]}" if skipped else ""))
-    fmt = section.format if section.format != "auto" else detect_format(raw.column_names)
+    try:
+        fmt = section.format if section.format != "auto" else detect_format(raw.column_names)
+    except DataError as err:
+        raise DataError(f"{section.path}: {err.message}", hint=err.hint) from None
     report = DataReport(source=section.path, fingerprint=fingerprint_of(section))
     for problem in getattr(raw, "skipped", []):  # lines of a JSON file that were not rows at all
         _skip(report, problem)

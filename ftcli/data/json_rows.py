@@ -56,6 +56,8 @@ def _line_problem(raw: bytes) -> tuple[object, str | None]:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         return None, f"not valid JSON at column {err.colno}: {err.msg}"
+    except RecursionError:
+        return None, "nests lists or objects too deeply to be a row"
     if not isinstance(value, dict):
         return None, f"a row must be a JSON object such as {{\"messages\": [...]}}, not {_kind(value)}"
     return value, None
@@ -88,6 +90,8 @@ def read_json(path: Path, skip_invalid: bool) -> Rows:
         line = data[: err.start].count(b"\n") + 1
         raise DataError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as "
                         "UTF-8") from None
+    except RecursionError:
+        raise DataError(f"{path}: nests lists or objects too deeply to be a dataset") from None
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # one object per line
             return read_jsonl(path, skip_invalid)
@@ -116,4 +120,4 @@ def _read_bytes(path: Path) -> bytes:
         raise DataError(f"{path}: cannot read the dataset: {err.strerror}") from None
     if not data.strip():
         raise DataError(f"{path}: the file is empty", hint="a dataset needs at least one row")
-    return data
+    return data.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark, as some Windows editors write

@@ -97,11 +97,28 @@ def resolve(spec: str, tokenizer) -> ChatTemplate:
                 f"chat template file not found: {path}. Give an existing .jinja file, "
                 f"a family ({', '.join(FAMILIES)}) or 'auto'."
             )
-        source = path.read_text(encoding="utf-8")
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ChatTemplateError(f"chat template file {path} cannot be read as UTF-8 text: {err}") from None
         sidecar = path.with_suffix(".yaml")  # optional: end_of_turn / stop_tokens for a custom template
         info = yaml.safe_load(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
         return _from_text(spec, source, tokenizer, info)
     raise _unknown_family(spec)
+
+
+def check_name(spec: str) -> None:
+    """What `resolve` would refuse before any tokenizer exists: an unknown family or a missing .jinja file
+    (so that `ftcli validate` and the start of `ftcli train` say it, not a step after the model has loaded)."""
+    spec = str(spec)
+    if spec in FAMILIES or spec == "auto":
+        return
+    if spec.endswith(".jinja") or "/" in spec or "\\" in spec:
+        if not Path(spec).expanduser().is_file():
+            raise ChatTemplateError(f"template.name: chat template file not found: {spec}. Give an existing .jinja "
+                                    f"file, a family ({', '.join(FAMILIES)}) or 'auto'.")
+        return
+    raise ChatTemplateError(f"template.name: {_unknown_family(spec).message}")
 
 
 def _from_text(name: str, source: str, tokenizer, info: dict | None = None) -> ChatTemplate:

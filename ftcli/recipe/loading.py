@@ -21,11 +21,16 @@ def _canonicalize(data: Any, model: type[Section], path: tuple, where: dict[tupl
     if not isinstance(data, dict):
         return data
     out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}  # canonical name -> the key the recipe used for it
     own_lines = getattr(data, "lines", {})
     for key, value in data.items():
         name = model.aliases.get(key, key)
         if name in out:
-            raise RecipeError([f"{'.'.join(path + (key,))}: given twice (as `{name}` and its alias `{key}`)"])
+            first = given_as[name]
+            raise RecipeError([f"{source}:{own_lines.get(key, '?')}: `{'.'.join(path + (key,))}` and "
+                               f"`{'.'.join(path + (first,))}` (line {own_lines.get(first, '?')}) are the same setting "
+                               f"(`{name}`); keep one"])
+        given_as[name] = key
         if key in own_lines:
             where[path + (name,)] = f"{source}:{own_lines[key]}"
         sub = section_class(model, name)
@@ -67,12 +72,20 @@ def _apply_override(data: dict, parts: list[str], value: Any, text: str) -> tupl
             node[name] = value
             return path
         child = node.get(name)
-        if child is None:
+        if model is not None and section_class(model, name) is None and not _is_mapping(model, name):
+            child = None  # a plain value such as train.learning_rate: nothing can sit under it
+        elif child is None:
             child = node[name] = {}
         if not isinstance(child, dict):
             raise RecipeError([f"--set {text}: `{'.'.join(parts[: i + 1])}` is not a section"])
         model = section_class(model, name) if model else None
         node = child
+
+
+def _is_mapping(model: type[BaseModel], name: str) -> bool:
+    """Whether field `name` of `model` holds a free mapping (dataset.columns), which --set may reach into."""
+    annotation = model.model_fields[name].annotation
+    return any(getattr(a, "__origin__", a) is dict for a in (*getattr(annotation, "__args__", ()), annotation))
 
 
 def _model_at(path: tuple) -> type[BaseModel] | None:

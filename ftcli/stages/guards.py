@@ -2,7 +2,8 @@
 
 Also hosts test-only fault injection (`FTCLI_TEST_FAULT`), so that the NaN guard and exact
 resume after a hard kill are tested on the real runner: `nan-loss-at-step:N` poisons the
-loss of optimizer step N, `sigkill-at-step:N` kills the process after step N is saved.
+loss of optimizer step N, `sigkill-at-step:N` kills the process after step N is saved
+(`sigint-at-step:N` interrupts it there, as Ctrl-C does).
 """
 
 from __future__ import annotations
@@ -59,11 +60,14 @@ class GradNormGuard(TrainerCallback):
 
 
 class KillAfterSave(TrainerCallback):
-    """Test-only: SIGKILL ourselves right after the checkpoint of step N is complete."""
+    """Test-only: SIGKILL (or SIGINT, as Ctrl-C sends) ourselves right after the checkpoint of step N is complete."""
 
     def on_save(self, args, state, control, **kwargs):
-        if injected_fault() == ("sigkill-at-step", state.global_step):
+        fault = injected_fault()
+        if fault == ("sigkill-at-step", state.global_step):
             os.kill(os.getpid(), signal.SIGKILL)
+        if fault == ("sigint-at-step", state.global_step):
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 LIKELY_CAUSES = ("a learning rate that is too high (try half of train.learning_rate)",

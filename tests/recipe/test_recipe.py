@@ -52,7 +52,8 @@ def test_set_values_are_parsed_as_yaml(tmp_path):
 
 def test_alias_and_canonical_name_together_is_an_error(tmp_path):
     path = write_recipe(tmp_path / "r.yaml", train={"lr": 1e-3, "learning_rate": 2e-3})
-    assert "given twice" in problems_of(path)[0]
+    problem = problems_of(path)[0]
+    assert "are the same setting" in problem and problem.startswith(f"{path}:")
 
 
 def test_unknown_key_names_file_line_path_and_closest_key(tmp_path):
