@@ -84,7 +84,7 @@ def test_ctrl_c_records_interrupted_and_prints_the_command_that_resumes(tmp_path
     command = out.stderr.split("continue from checkpoint-2 with:\n", 1)[1].strip().splitlines()[0]
     words = shlex.split(command)
     assert words[:3] == ["ftcli", "train", str(path)] and words[-1] == "--resume" and "train.seed=7" in words
-    again = subprocess.run([sys.executable, "-m", *words[1:]], capture_output=True, text=True, timeout=600,
+    again = subprocess.run([sys.executable, "-m", "ftcli", *words[1:]], capture_output=True, text=True, timeout=600,
                            cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert status_of(tmp_path / "run") == "done"
