@@ -136,3 +136,18 @@ def test_resume_lists_compatible_changes_and_needs_allow_changes(trained):
 def test_allow_changes_without_resume_is_bad_input(trained):
     result = runner.invoke(app, ["train", str(trained), "--allow-changes"])
     assert result.exit_code == 2 and "--allow-changes goes with --resume" in result.stderr
+
+
+def test_rows_left_with_no_trained_token_are_counted_in_the_dataset_line(tmp_path):
+    long_question = {"messages": [{"role": "user", "content": "why " * 200}, {"role": "assistant", "content": "ok"}]}
+    short = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    data = write_jsonl(tmp_path / "d.jsonl", [short] * 4 + [long_question] * 3)
+    path = write_recipe(tmp_path / "r.yaml", dataset={"path": str(data)}, model={"max_seq_length": 48},
+                        train={"max_steps": 1})
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "dataset: 4 train / 0 eval rows (messages); 0 skipped, 3 truncated to 48 tokens, 3 dropped with no " \
+           "trained token left" in result.stdout
+    assert "dropped rows" in result.stdout
+    facts = yaml.safe_load((tmp_path / "run" / "recipe.resolved.yaml").read_text())["_run"]["dataset"]
+    assert facts["without_targets"] == 3 and facts["train_rows"] == 4
