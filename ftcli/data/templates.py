@@ -90,25 +90,19 @@ def resolve(spec: str, tokenizer) -> ChatTemplate:
                 f"({', '.join(FAMILIES)}) or to a path to a .jinja file."
             )
         return _from_text("auto", source, tokenizer)
-    if spec.endswith(".jinja") or "/" in spec or "\\" in spec:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ChatTemplateError(
-                f"chat template file not found: {path}. Give an existing .jinja file, "
-                f"a family ({', '.join(FAMILIES)}) or 'auto'."
-            )
-        try:
-            source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise ChatTemplateError(f"chat template file {path} cannot be read as UTF-8 text: {err}") from None
-        sidecar = path.with_suffix(".yaml")  # optional: end_of_turn / stop_tokens for a custom template
-        info = yaml.safe_load(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
-        return _from_text(spec, source, tokenizer, info)
-    raise _unknown_family(spec)
+    check_name(spec)  # an unknown family or a missing file
+    path = Path(spec).expanduser()
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ChatTemplateError(f"chat template file {path} cannot be read as UTF-8 text: {err}") from None
+    sidecar = path.with_suffix(".yaml")  # optional: end_of_turn / stop_tokens for a custom template
+    info = yaml.safe_load(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
+    return _from_text(spec, source, tokenizer, info)
 
 
 def check_name(spec: str) -> None:
-    """What `resolve` would refuse before any tokenizer exists: an unknown family or a missing .jinja file
+    """What `resolve` refuses before any tokenizer exists: an unknown family or a missing .jinja file
     (so that `ftcli validate` and the start of `ftcli train` say it, not a step after the model has loaded)."""
     spec = str(spec)
     if spec in FAMILIES or spec == "auto":

@@ -7,9 +7,6 @@ Most cases stop before any model loads; the template cases load the tiny builtin
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from typer.testing import CliRunner
 from fuzz.cases import CASES, GOOD, Case, jsonl
 from ftcli.cli import app
 from ftcli.data import render_limits
-from ftcli.runner import replace
+from helpers.runs import finished_run, killed_during_swap, snapshot
 
 runner = CliRunner()
 
@@ -48,32 +45,8 @@ def merged(base: dict, change: dict) -> dict:
     return out
 
 
-def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def previous_run(folder: Path) -> None:
-    """A finished run as ftcli leaves it: marker, manifest, adapter, metrics."""
-    folder.mkdir()
-    replace.mark(folder)
-    (folder / "recipe.resolved.yaml").write_text("model: {name: builtin:tiny-llama3}\n_run: {status: done}\n")
-    (folder / "adapter").mkdir()
-    (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"trained weights " * 64)
-    (folder / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n')
-
-
 def _interrupt(*args, **kwargs):
     raise KeyboardInterrupt
-
-
-def _kill_during_swap(when: str, prev: Path) -> None:
-    """SIGKILL a process in the middle of `--overwrite`'s swap of `prev`, as a power cut would."""
-    hook = {"rename": "orig = replace.os.rename\ndef step(a, b):\n    orig(a, b)\n    os.kill(os.getpid(), 9)\n"
-                      "replace.os.rename = step\n",
-            "mark": "orig = replace.mark\ndef step(d):\n    orig(d)\n    os.kill(os.getpid(), 9)\nreplace.mark = step\n"}
-    code = f"import os\nfrom ftcli.runner import replace, rundir\n{hook[when]}rundir.prepare({str(prev)!r}, True)\n"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode == -9
 
 
 PATCHES = {
@@ -82,8 +55,8 @@ PATCHES = {
     "interrupt-model": lambda mp, prev: mp.setattr("ftcli.models.pretrained.load", _interrupt),
     "interrupt-doctor": lambda mp, prev: mp.setattr("ftcli.doctor.run_for_training", _interrupt),
     "interrupt-trainer": lambda mp, prev: mp.setattr("ftcli.runner.train.build_trainer", _interrupt),
-    "sigkill-after-rename": lambda mp, prev: _kill_during_swap("rename", prev),
-    "sigkill-after-mark": lambda mp, prev: _kill_during_swap("mark", prev),
+    "sigkill-after-rename": lambda mp, prev: killed_during_swap("rename", prev),
+    "sigkill-after-mark": lambda mp, prev: killed_during_swap("mark", prev),
 }
 
 
@@ -113,8 +86,7 @@ def test_case(case: Case, tmp_path: Path, monkeypatch):
     monkeypatch.setattr(render_limits, "_timed_out", {})
     places = {"tmp": str(tmp_path), "prev": str(tmp_path / "prev"), "recipe": str(tmp_path / "recipe.yaml"),
               "data": str(tmp_path / case.data_name), "template": str(tmp_path / "chat.jinja")}
-    previous_run(tmp_path / "prev")
-    before = snapshot(tmp_path / "prev")
+    before = finished_run(tmp_path / "prev")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("a folder of the user's own")
     (tmp_path / "a-file").write_text("a file of the user's own")

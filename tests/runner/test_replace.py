@@ -3,7 +3,6 @@ process killed at any point of the swap leaves the old run recoverable by the ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -15,25 +14,9 @@ from typer.testing import CliRunner
 
 from ftcli.cli import app
 from ftcli.runner import replace, rundir
-from helpers.runs import REPO, write_jsonl, write_recipe
+from helpers.runs import REPO, SWAP_STEPS, finished_run, killed_during_swap, snapshot, write_jsonl, write_recipe
 
 runner = CliRunner()
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under `folder` with a digest of its bytes."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def old_run(folder: Path) -> dict[str, str]:
-    """A finished run as ftcli leaves it (marker, manifest, adapter), without training one."""
-    folder.mkdir(parents=True)
-    replace.mark(folder)
-    (folder / "recipe.resolved.yaml").write_text("model: {name: old}\n_run: {status: done}\n")
-    (folder / "adapter").mkdir()
-    (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"old weights" * 100)
-    return snapshot(folder)
 
 
 def train(*args):
@@ -57,8 +40,8 @@ def test_a_folder_that_is_not_a_run_is_never_replaced(tmp_path):
     assert snapshot(mine) == before and leftovers(mine) == []
 
 
-def test_bad_data_under_overwrite_keeps_the_old_run(tmp_path):
-    before = old_run(tmp_path / "run")
+def test_bad_data_under_overwrite_keeps_the_finished_run(tmp_path):
+    before = finished_run(tmp_path / "run")
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "no reply"}]}])
     result = train(write_recipe(tmp_path / "r.yaml", dataset={"path": str(bad)}), "--overwrite")
     assert result.exit_code == 2 and "bad.jsonl, line 1" in result.stderr
@@ -66,12 +49,12 @@ def test_bad_data_under_overwrite_keeps_the_old_run(tmp_path):
 
 
 def test_the_old_run_is_deleted_once_the_new_one_trains(tmp_path):
-    old_run(tmp_path / "run")
+    finished_run(tmp_path / "run")
     result = train(write_recipe(tmp_path / "r.yaml", train={"max_steps": 1}), "--overwrite")
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
-    assert (run / replace.MARKER).is_file() and (run / "adapter" / "adapter_model.safetensors").read_bytes()[:11] \
-        != b"old weights"
+    assert (run / replace.MARKER).is_file() and b"trained weights" not in (run / "adapter" /
+                                                                           "adapter_model.safetensors").read_bytes()
     assert "status: done" in (run / "recipe.resolved.yaml").read_text() and leftovers(run) == []
 
 
@@ -94,28 +77,17 @@ def test_an_output_dir_that_cannot_hold_a_run_is_bad_input(tmp_path, output_dir,
     assert (tmp_path / "a-file").read_text() == "x"
 
 
-# A SIGKILL at each step of the swap: the process dies with no cleanup, as a power cut or the OOM killer would.
-KILL_AT = {
-    "after-rename": "orig = os.rename\n"
-                    "def rename(a, b):\n    orig(a, b)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
-                    "replace.os.rename = rename\n",
-    "after-mark": "orig = replace.mark\n"
-                  "def mark(d):\n    orig(d)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
-                  "replace.mark = mark\n",
-}
-
-
 def killed(script: str, tmp_path: Path) -> None:
     code = "import os, signal, sys\nfrom ftcli.runner import replace, rundir\n" + script
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == -9, out.stderr
 
 
-@pytest.mark.parametrize("point", sorted(KILL_AT))
-def test_sigkill_during_the_swap_then_the_next_run_restores_the_old_one(tmp_path, point):
+@pytest.mark.parametrize("step", sorted(SWAP_STEPS))
+def test_sigkill_during_the_swap_then_the_next_run_restores_the_old_one(tmp_path, step):
     run = tmp_path / "run"
-    before = old_run(run)
-    killed(KILL_AT[point] + f"rundir.prepare({str(run)!r}, overwrite=True)\n", tmp_path)
+    before = finished_run(run)
+    killed_during_swap(step, run)
     assert leftovers(run) == [".run.ftcli-replaced"]  # the old run is whole, under its hidden name
     assert snapshot(tmp_path / ".run.ftcli-replaced") == before
 
@@ -128,7 +100,7 @@ def test_sigkill_during_the_swap_then_the_next_run_restores_the_old_one(tmp_path
 
 def test_sigkill_while_deleting_the_replaced_run_keeps_the_new_one(tmp_path):
     run = tmp_path / "run"
-    old_run(run)
+    finished_run(run)
     killed(textwrap.dedent(f"""
         rundir.prepare({str(run)!r}, overwrite=True)
         (replace.Path({str(run)!r}) / "new.txt").write_text("new run")
