@@ -72,6 +72,8 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
+# A forked child (a DataLoader worker) has no watchdog thread, and a lock that may have been held at the fork.
+os.register_at_fork(after_in_child=_watchdog.__init__)
 
 
 @contextlib.contextmanager
