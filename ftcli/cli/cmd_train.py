@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -82,9 +83,10 @@ def train(
         if nproc > 1 and distributed.world_size() == 1:
             training.check_supported(recipe, world_size=nproc)  # exit 2 here, before starting processes
             raise typer.Exit(_launch(recipe_path, set_ or [], recipe.output_dir, nproc,
-                                     dry_run=dry_run, overwrite=overwrite, resume=resume))
+                                     dry_run=dry_run, overwrite=overwrite, resume=resume,
+                                     allow_changes=allow_changes))
         _print_plan(recipe)
-        with _progress() as progress:
+        with _progress() as progress, _sigterm_interrupts():
             result = training.run(recipe, overwrite=overwrite, dry_run=dry_run, resume=resume,
                                   allow_changes=allow_changes,
                                   log=lambda msg: console.print(f"[dim]·[/] {escape(msg)}", highlight=False),
@@ -103,6 +105,26 @@ def train(
                       f"{result.total_params:,} parameters; nothing was trained or written")
         return
     _print_result(result)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """`kill PID` (SIGTERM, as schedulers and `timeout` send) ends a run like Ctrl-C: status `interrupted`, an
+    --overwrite'd run put back, and the resume command printed, instead of Python dying on the spot."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _resume_hint(recipe_path: Path, overrides: list[str], output_dir: str) -> str:

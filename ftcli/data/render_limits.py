@@ -4,13 +4,16 @@ Jinja's sandbox blocks unsafe attributes but not work: `{% for i in range(100000
 range(100000) %}` runs for hours. Rendering is plain Python (Jinja compiles templates to Python
 code), so a watchdog thread can stop it: when the time is up it raises RenderTimeout inside the
 rendering thread with CPython's PyThreadState_SetAsyncExc, which is delivered between two bytecodes,
-like Ctrl-C, from any thread. A single C-level operation (one huge string repeat) is not
-interrupted; the output check after it still refuses its result.
+like Ctrl-C, from any thread. The output is counted while it streams (the doctor's own renderer,
+and transformers' through `capped_stream`), so a flood stops at the size limit long before memory
+runs out. A single C-level operation (one huge string repeat) is not interrupted; the size check
+still refuses its result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import os
 import threading
@@ -116,6 +119,31 @@ def check_size(text: str, max_chars: int | None = None) -> str:
         raise LimitExceeded(f"it wrote {len(text):,} characters, more than the limit of {max_chars:,} "
                             "(FTCLI_TEMPLATE_MAX_CHARS)")
     return text
+
+
+_stream_cap: contextvars.ContextVar[int | None] = contextvars.ContextVar("ftcli_stream_cap", default=None)
+
+
+@contextlib.contextmanager
+def capped_stream(template, max_chars: int):
+    """Make a compiled Jinja `template` join its output through stream_limited while the block runs, so that a
+    flood stops at `max_chars` instead of filling memory before the size check can see it. Jinja's
+    Template.render joins the output chunks with `environment.concat`; outside this block the cap is off and the
+    join is the plain one."""
+    env = getattr(template, "environment", None)
+    if env is not None and not getattr(env, "_ftcli_capped", False):
+        env.concat = _capped_concat
+        env._ftcli_capped = True
+    token = _stream_cap.set(max_chars)
+    try:
+        yield
+    finally:
+        _stream_cap.reset(token)
+
+
+def _capped_concat(chunks) -> str:
+    cap = _stream_cap.get()
+    return "".join(chunks) if cap is None else stream_limited(chunks, cap)
 
 
 def stream_limited(chunks, max_chars: int | None = None) -> str:

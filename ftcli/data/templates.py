@@ -158,16 +158,17 @@ def render(template: ChatTemplate, messages: list[dict], tokenizer, add_generati
     # Datasets (Arrow) fill keys missing from a row with None, and templates test keys with
     # `in message` (Llama 3.1: 'tool_calls'); recent transformers drop them too, older may not.
     messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    # The size limit grows with the conversation: a template copies the messages, plus its own markup.
+    max_chars = render_limits.MAX_CHARS + 2 * sum(len(m["content"]) for m in messages)
     try:
-        with render_limits.limited(template.source):
+        with render_limits.limited(template.source), render_limits.capped_stream(_compiled(template.source), max_chars):
             text = tokenizer.apply_chat_template(
                 messages,
                 chat_template=template.source,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
             )
-        # The limit grows with the conversation: a template copies the messages, plus its own markup.
-        return render_limits.check_size(text, render_limits.MAX_CHARS + 2 * sum(len(m["content"]) for m in messages))
+        return render_limits.check_size(text, max_chars)
     except render_limits.LimitExceeded as e:
         raise ChatTemplateError(f"chat template {template.name!r} was stopped: {e}") from None
     except (jinja2.TemplateError, TypeError, ValueError) as e:
@@ -175,6 +176,18 @@ def render(template: ChatTemplate, messages: list[dict], tokenizer, add_generati
         if not template.supports_system and any(m["role"] == "system" for m in messages):
             hint = " This template has no system role: drop the system message or fold it into the first user message."
         raise ChatTemplateError(f"chat template {template.name!r} failed to render: {e}.{hint}") from e
+
+
+def _compiled(source: str):
+    """The Jinja template transformers renders `source` with (its cached compile), so that the output size can be
+    capped while it streams; None where a transformers version keeps it elsewhere (the size is then checked after
+    rendering, and the time limit still holds)."""
+    try:
+        from transformers.utils import chat_template_utils
+
+        return chat_template_utils._compile_jinja_template(source)
+    except Exception:  # noqa: BLE001 - a missing helper or a template that does not compile: rendering will say
+        return None
 
 
 def adds_bos(tokenizer) -> bool:

@@ -70,9 +70,13 @@ def test_looping_template_in_training_and_export_names_the_template(short_limit,
 
 def test_flooding_template_is_stopped_by_its_output_size(monkeypatch, tokenizer):
     monkeypatch.setattr(render_limits, "MAX_CHARS", 10_000)
-    template = templates.ChatTemplate("flood", "{{ 'x' * 50000 }}", None, ())
-    with pytest.raises(templates.ChatTemplateError, match=r"'flood' was stopped: it wrote 50,000 characters"):
-        templates.render(template, CHAT, tokenizer)
+    monkeypatch.setattr(render_limits, "SECONDS", 60.0)  # so that only the size cap can stop it
+    template = templates.ChatTemplate("flood", FLOOD, None, ())
+    with pytest.raises(templates.ChatTemplateError, match=r"'flood' was stopped: it wrote more than the limit of 10,0"):
+        templates.render(template, CHAT, tokenizer)  # while streaming: 10**11 characters would never fit in memory
+    one_chunk = templates.ChatTemplate("chunk", "{{ 'x' * 50000 }}", None, ())
+    with pytest.raises(templates.ChatTemplateError, match=r"'chunk' was stopped: it wrote more than the limit"):
+        templates.render(one_chunk, CHAT, tokenizer)
     ok = templates.ChatTemplate("ok", "{{ messages[0].content * 3 }}", None, ())
     assert templates.render(ok, CHAT, tokenizer) == "hihihi"  # negative control
 

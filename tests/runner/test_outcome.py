@@ -74,9 +74,10 @@ def test_other_os_errors_are_runtime_failures_in_words(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_records_interrupted_and_prints_the_command_that_resumes(tmp_path):
+@pytest.mark.parametrize("signal_name", ["sigint", "sigterm"])
+def test_ctrl_c_records_interrupted_and_prints_the_command_that_resumes(tmp_path, signal_name):
     path = checkpointed(tmp_path, save_total_limit=None)
-    env = {**os.environ, "FTCLI_TEST_FAULT": "sigint-at-step:2"}
+    env = {**os.environ, "FTCLI_TEST_FAULT": f"{signal_name}-at-step:2"}
     out = subprocess.run([sys.executable, "-m", "ftcli", "train", str(path), "--set", "train.seed=7"],
                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert out.returncode == 130 and "Traceback" not in out.stderr
