@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ftcli.cli.app import RecipeArg, SetOpt, app, console, errors, fail
-from ftcli.errors import FtcliError
+from ftcli.errors import BadInput, FtcliError
 
 
 def _load(recipe_path: Path, overrides: list[str] | None):
@@ -24,10 +25,12 @@ def _load(recipe_path: Path, overrides: list[str] | None):
 @app.command()
 def validate(recipe_path: RecipeArg, set_: SetOpt = None) -> None:
     """Check a recipe and print it resolved: defaults filled, overrides applied, canonical names."""
+    from ftcli.data import templates
     from ftcli.recipe import to_yaml
 
     try:
         recipe = _load(recipe_path, set_)
+        templates.check_name(recipe.template.name)  # what `train` would refuse, said here too
     except FtcliError as err:
         fail(err)
     console.print(f"[green]valid[/] {recipe_path}")
@@ -59,7 +62,9 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Load the model and data, print the plan, train nothing.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in output_dir.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in output_dir.")] = False,
-    nproc: Annotated[int, typer.Option("--nproc", help="Processes on this machine, one per GPU (CPU: gloo).")] = 1,
+    allow_changes: Annotated[bool, typer.Option("--allow-changes", help="With --resume: continue even though the "
+                                                "recipe's learning rate, steps or data changed (they are listed).")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Processes on this machine, one per GPU (CPU: gloo).")] = 1,
 ) -> None:
     """Finetune a model as the recipe says and write the run directory."""
     from ftcli.engine import distributed
@@ -68,17 +73,22 @@ def train(
 
     if not distributed.is_main():
         console.quiet = True  # only rank 0 reports progress; every rank still reports its errors
+    recipe = None
     try:
+        if allow_changes and not resume:
+            raise BadInput("--allow-changes goes with --resume", hint="ftcli train RECIPE --resume --allow-changes")
         recipe = _load(recipe_path, set_)
         if resume:
             recipe = rundir.resolve_resume(recipe, recipe_path)
         if nproc > 1 and distributed.world_size() == 1:
             training.check_supported(recipe, world_size=nproc)  # exit 2 here, before starting processes
             raise typer.Exit(_launch(recipe_path, set_ or [], recipe.output_dir, nproc,
-                                     dry_run=dry_run, overwrite=overwrite, resume=resume))
+                                     dry_run=dry_run, overwrite=overwrite, resume=resume,
+                                     allow_changes=allow_changes))
         _print_plan(recipe)
-        with _progress() as progress:
+        with _progress() as progress, _sigterm_interrupts():
             result = training.run(recipe, overwrite=overwrite, dry_run=dry_run, resume=resume,
+                                  allow_changes=allow_changes,
                                   log=lambda msg: console.print(f"[dim]·[/] {escape(msg)}", highlight=False),
                                   callbacks=[progress])
     except FtcliError as err:
@@ -87,12 +97,50 @@ def train(
         fail(err)
     except KeyboardInterrupt:
         errors.print("interrupted", style="yellow")
+        if recipe is not None and not dry_run:
+            errors.print(_resume_hint(recipe_path, set_ or [], recipe.output_dir), markup=False)
         raise typer.Exit(130)
     if dry_run:
         console.print(f"[green]dry run ok[/]: {result.trainable_params:,} trainable of "
                       f"{result.total_params:,} parameters; nothing was trained or written")
         return
     _print_result(result)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """`kill PID` (SIGTERM, as schedulers and `timeout` send) ends a run like Ctrl-C: status `interrupted`, an
+    --overwrite'd run put back, and the resume command printed, instead of Python dying on the spot."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _resume_hint(recipe_path: Path, overrides: list[str], output_dir: str) -> str:
+    """What to type to continue an interrupted run (or why it cannot be continued yet)."""
+    import shlex
+
+    from ftcli.runner import checkpoints
+
+    latest = checkpoints.latest(Path(output_dir) / "checkpoints")
+    if latest is None:
+        return (f"no checkpoint was complete yet in {output_dir}, so there is nothing to resume (train.save_steps "
+                "sets how often one is written); run the same command with --overwrite to start again")
+    words = ["ftcli", "train", str(recipe_path)]
+    for item in [*(o for o in overrides if not o.startswith("output_dir=")), f"output_dir={output_dir}"]:
+        words += ["--set", item]
+    return f"continue from {latest.name} with:\n  {shlex.join([*words, '--resume'])}"
 
 
 def _launch(recipe_path: Path, overrides: list[str], output_dir: str, nproc: int, **flags) -> int:
@@ -141,7 +189,11 @@ def _print_result(result) -> None:
         table.add_row("throughput", f"{end['mean_tokens_per_second']:,.0f} real tokens/s{steady}")
     report = result.data_report
     if report.get("rows_skipped"):
-        table.add_row("skipped rows", f"{report['rows_skipped']} (e.g. {report['skipped_examples'][0]})")
+        example = f" (e.g. {report['skipped_examples'][0]})" if report.get("skipped_examples") else ""
+        table.add_row("skipped rows", f"{report['rows_skipped']}{example}")
+    if report.get("rows_without_targets"):
+        table.add_row("dropped rows", f"{report['rows_without_targets']} with no trained token left after templating "
+                                      "and truncation")
     table.add_row("time", f"{result.seconds:.0f} s")
     console.print("[bold green]done[/]")
     console.print(table)

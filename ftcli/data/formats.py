@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ftcli.data import json_rows
 from ftcli.data.messages import with_system
 from ftcli.errors import DataError
 from ftcli.recipe import DatasetSection
@@ -60,6 +61,12 @@ def _load_raw(section: DatasetSection):
             if kind is None:
                 raise DataError(f"{path}: unsupported file type {path.suffix!r}",
                                 hint=f"use one of {', '.join(LOADERS)} or a folder saved with Dataset.save_to_disk")
+            if path.suffix.lower() == ".jsonl":
+                return json_rows.read_jsonl(path, section.skip_invalid)
+            if path.suffix.lower() == ".json":
+                return json_rows.read_json(path, section.skip_invalid)
+            # datasets logs its own traceback for an unreadable file; ours says the file and the cause once.
+            datasets.logging.set_verbosity(datasets.logging.CRITICAL)
             return datasets.load_dataset(kind, data_files=str(path), split="train")
         if path.suffix or path.exists() or str(section.path).startswith((".", "/")):
             raise DataError(f"{section.path}: dataset file not found",
@@ -212,8 +219,17 @@ def read_rows(section: DatasetSection) -> tuple[list[dict], str, DataReport]:
             raise DataError(f"{section.path}: dataset.columns names columns that do not exist: {missing}; "
                             f"the dataset has {raw.column_names}")
         raw = raw.rename_columns({theirs: ours for ours, theirs in section.columns.items() if theirs != ours})
-    fmt = section.format if section.format != "auto" else detect_format(raw.column_names)
+    if len(raw) == 0:
+        skipped = getattr(raw, "skipped", [])
+        raise DataError(f"{section.path}: no rows" + (f"; every line was skipped, e.g. {skipped[0]}" if skipped else ""))
+    try:
+        fmt = section.format if section.format != "auto" else detect_format(raw.column_names)
+    except DataError as err:
+        raise DataError(f"{section.path}: {err.message}", hint=err.hint) from None
     report = DataReport(source=section.path, fingerprint=fingerprint_of(section))
+    for problem in getattr(raw, "skipped", []):  # lines of a JSON file that were not rows at all
+        _skip(report, problem)
+    places = getattr(raw, "places", None)
     rows = []
     for index, row in enumerate(raw):
         if section.max_samples and len(rows) >= section.max_samples:
@@ -222,16 +238,20 @@ def read_rows(section: DatasetSection) -> tuple[list[dict], str, DataReport]:
         try:
             rows.append(to_standard(row, fmt, section.system_prompt))
         except ValueError as err:
-            where = f"{section.path}, row {index + 1}"
+            where = f"{section.path}, {places[index] if places else f'row {index + 1}'}"
             if not section.skip_invalid:
                 raise DataError(f"{where}: {err}",
                                 hint="fix the row, or set dataset.skip_invalid: true to skip bad rows") from None
-            report.rows_skipped += 1
-            if len(report.skipped_examples) < 5:
-                report.skipped_examples.append(f"{where}: {err}")
+            _skip(report, f"{where}: {err}")
     if not rows:
         raise DataError(f"{section.path}: no usable rows (read {report.rows_read}, skipped {report.rows_skipped})")
     return rows, fmt, report
+
+
+def _skip(report: DataReport, problem: str) -> None:
+    report.rows_skipped += 1
+    if len(report.skipped_examples) < 5:
+        report.skipped_examples.append(problem)
 
 
 def split_eval(rows: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from ftcli.data import render_limits
 from ftcli.errors import BadInput
 
 IGNORE_INDEX = -100  # label value the loss skips
@@ -89,18 +90,29 @@ def resolve(spec: str, tokenizer) -> ChatTemplate:
                 f"({', '.join(FAMILIES)}) or to a path to a .jinja file."
             )
         return _from_text("auto", source, tokenizer)
-    if spec.endswith(".jinja") or "/" in spec or "\\" in spec:
-        path = Path(spec).expanduser()
-        if not path.is_file():
-            raise ChatTemplateError(
-                f"chat template file not found: {path}. Give an existing .jinja file, "
-                f"a family ({', '.join(FAMILIES)}) or 'auto'."
-            )
+    check_name(spec)  # an unknown family or a missing file
+    path = Path(spec).expanduser()
+    try:
         source = path.read_text(encoding="utf-8")
-        sidecar = path.with_suffix(".yaml")  # optional: end_of_turn / stop_tokens for a custom template
-        info = yaml.safe_load(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
-        return _from_text(spec, source, tokenizer, info)
-    raise _unknown_family(spec)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ChatTemplateError(f"chat template file {path} cannot be read as UTF-8 text: {err}") from None
+    sidecar = path.with_suffix(".yaml")  # optional: end_of_turn / stop_tokens for a custom template
+    info = yaml.safe_load(sidecar.read_text(encoding="utf-8")) if sidecar.is_file() else None
+    return _from_text(spec, source, tokenizer, info)
+
+
+def check_name(spec: str) -> None:
+    """What `resolve` refuses before any tokenizer exists: an unknown family or a missing .jinja file
+    (so that `ftcli validate` and the start of `ftcli train` say it, not a step after the model has loaded)."""
+    spec = str(spec)
+    if spec in FAMILIES or spec == "auto":
+        return
+    if spec.endswith(".jinja") or "/" in spec or "\\" in spec:
+        if not Path(spec).expanduser().is_file():
+            raise ChatTemplateError(f"template.name: chat template file not found: {spec}. Give an existing .jinja "
+                                    f"file, a family ({', '.join(FAMILIES)}) or 'auto'.")
+        return
+    raise ChatTemplateError(f"template.name: {_unknown_family(spec).message}")
 
 
 def _from_text(name: str, source: str, tokenizer, info: dict | None = None) -> ChatTemplate:
@@ -146,18 +158,36 @@ def render(template: ChatTemplate, messages: list[dict], tokenizer, add_generati
     # Datasets (Arrow) fill keys missing from a row with None, and templates test keys with
     # `in message` (Llama 3.1: 'tool_calls'); recent transformers drop them too, older may not.
     messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    # The size limit grows with the conversation: a template copies the messages, plus its own markup.
+    max_chars = render_limits.MAX_CHARS + 2 * sum(len(m["content"]) for m in messages)
     try:
-        return tokenizer.apply_chat_template(
-            messages,
-            chat_template=template.source,
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-        )
+        with render_limits.limited(template.source), render_limits.capped_stream(_compiled(template.source), max_chars):
+            text = tokenizer.apply_chat_template(
+                messages,
+                chat_template=template.source,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+            )
+        return render_limits.check_size(text, max_chars)
+    except render_limits.LimitExceeded as e:
+        raise ChatTemplateError(f"chat template {template.name!r} was stopped: {e}") from None
     except (jinja2.TemplateError, TypeError, ValueError) as e:
         hint = ""
         if not template.supports_system and any(m["role"] == "system" for m in messages):
             hint = " This template has no system role: drop the system message or fold it into the first user message."
         raise ChatTemplateError(f"chat template {template.name!r} failed to render: {e}.{hint}") from e
+
+
+def _compiled(source: str):
+    """The Jinja template transformers renders `source` with (its cached compile), so that the output size can be
+    capped while it streams; None where a transformers version keeps it elsewhere (the size is then checked after
+    rendering, and the time limit still holds)."""
+    try:
+        from transformers.utils import chat_template_utils
+
+        return chat_template_utils._compile_jinja_template(source)
+    except Exception:  # noqa: BLE001 - a missing helper or a template that does not compile: rendering will say
+        return None
 
 
 def adds_bos(tokenizer) -> bool:

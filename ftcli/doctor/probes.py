@@ -15,6 +15,8 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from ftcli.data import render_limits
+
 # Sentinels that cannot occur in a template; plain ASCII so every tokenizer can encode them.
 SYS = "FtcliSystemS"
 USER = "FtcliUserHi"
@@ -116,7 +118,12 @@ def render(source: str, messages: list[dict], add_generation_prompt: bool = Fals
     context = {k: v for k, v in (specials or {}).items() if v is not None}
     context.update(extra)
     try:
-        return template.render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
+        with render_limits.limited(source):
+            return render_limits.stream_limited(
+                template.generate(messages=messages, add_generation_prompt=add_generation_prompt, **context),
+                render_limits.MAX_CHARS + 2 * len(json.dumps(messages)))
+    except render_limits.LimitExceeded as err:
+        raise RenderError(f"the template was stopped: {err}") from None
     except RenderError:
         raise
     except Exception as err:  # noqa: BLE001

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
-import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,38 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from ftcli.errors import RecipeError
 from ftcli.recipe.schema import Recipe, Section, section_class
-
-
-class _Located(dict):
-    """A dict that remembers the source line of each key (1-based)."""
-
-    lines: dict[str, int]
-
-
-def _compose(text: str, source: str) -> Any:
-    """Parse YAML into plain data, keeping line numbers of mapping keys."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = getattr(err, "problem", None) or str(err)
-        raise RecipeError([f"{where}: YAML syntax error: {problem}"]) from None
-    return _node_to_data(node) if node is not None else {}
-
-
-def _node_to_data(node: yaml.Node) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        out = _Located()
-        out.lines = {}
-        for key_node, value_node in node.value:
-            key = str(yaml.safe_load(yaml.serialize(key_node)))
-            out[key] = _node_to_data(value_node)
-            out.lines[key] = key_node.start_mark.line + 1
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_node_to_data(item) for item in node.value]
-    return yaml.safe_load(yaml.serialize(node))
+from ftcli.recipe.suggest import suggestion
+from ftcli.recipe.yaml_source import compose
 
 
 def _canonicalize(data: Any, model: type[Section], path: tuple, where: dict[tuple, str], source: str) -> Any:
@@ -51,11 +21,16 @@ def _canonicalize(data: Any, model: type[Section], path: tuple, where: dict[tupl
     if not isinstance(data, dict):
         return data
     out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}  # canonical name -> the key the recipe used for it
     own_lines = getattr(data, "lines", {})
     for key, value in data.items():
         name = model.aliases.get(key, key)
         if name in out:
-            raise RecipeError([f"{'.'.join(path + (key,))}: given twice (as `{name}` and its alias `{key}`)"])
+            first = given_as[name]
+            raise RecipeError([f"{source}:{own_lines.get(key, '?')}: `{'.'.join(path + (key,))}` and "
+                               f"`{'.'.join(path + (first,))}` (line {own_lines.get(first, '?')}) are the same setting "
+                               f"(`{name}`); keep one"])
+        given_as[name] = key
         if key in own_lines:
             where[path + (name,)] = f"{source}:{own_lines[key]}"
         sub = section_class(model, name)
@@ -88,12 +63,18 @@ def _apply_override(data: dict, parts: list[str], value: Any, text: str) -> tupl
     path: tuple = ()
     for i, part in enumerate(parts):
         name = model.aliases.get(part, part) if model else part
+        if model is not None and name not in model.model_fields:
+            near = suggestion(model, tuple(parts[: i + 1]))
+            raise RecipeError([f"--set {text}: unknown key `{'.'.join(parts[: i + 1])}`"
+                               + (f" (did you mean `{near}`?)" if near else "")])
         path += (name,)
         if i == len(parts) - 1:
             node[name] = value
             return path
         child = node.get(name)
-        if child is None:
+        if model is not None and section_class(model, name) is None and not _is_mapping(model, name):
+            child = None  # a plain value such as train.learning_rate: nothing can sit under it
+        elif child is None:
             child = node[name] = {}
         if not isinstance(child, dict):
             raise RecipeError([f"--set {text}: `{'.'.join(parts[: i + 1])}` is not a section"])
@@ -101,14 +82,10 @@ def _apply_override(data: dict, parts: list[str], value: Any, text: str) -> tupl
         node = child
 
 
-def _closest_key(model: type[BaseModel] | None, key: str) -> str | None:
-    if model is None:
-        return None
-    names = list(model.model_fields) + list(getattr(model, "aliases", {}))
-    match = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-    if match:
-        return getattr(model, "aliases", {}).get(match[0], match[0])
-    return None
+def _is_mapping(model: type[BaseModel], name: str) -> bool:
+    """Whether field `name` of `model` holds a free mapping (dataset.columns), which --set may reach into."""
+    annotation = model.model_fields[name].annotation
+    return any(getattr(a, "__origin__", a) is dict for a in (*getattr(annotation, "__args__", ()), annotation))
 
 
 def _model_at(path: tuple) -> type[BaseModel] | None:
@@ -137,10 +114,10 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, str]) -
         where = line or source
         kind = item["type"]
         if kind == "extra_forbidden":
-            suggestion = _closest_key(_model_at(tuple(str(p) for p in loc[:-1])), str(loc[-1]))
+            near = suggestion(_model_at(tuple(str(p) for p in loc[:-1])), tuple(str(p) for p in loc))
             message = f"unknown key `{dotted}`"
-            if suggestion:
-                message += f" (did you mean `{suggestion}`?)"
+            if near:
+                message += f" (did you mean `{near}`?)"
         elif kind == "missing":
             message = f"`{dotted}` is required but missing"
         elif kind == "value_error" and str(item.get("msg", "")).startswith("Value error, ["):
@@ -169,7 +146,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         raise RecipeError([f"{path}: recipe file not found"],
                           hint="pass the path of a .yaml recipe, e.g. recipes/quickstart.yaml")
     source = str(path)
-    data = _compose(path.read_text(encoding="utf-8"), source)
+    data = compose(_read_text(path), source)
     if not isinstance(data, dict):
         raise RecipeError([f"{source}: a recipe must be a mapping of sections (model:, dataset:, train:, ...)"])
     lines: dict[tuple, str] = {}
@@ -184,8 +161,26 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     return _fill_output_dir(recipe, path, now or _dt.datetime.now())
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise RecipeError([f"{path}:{line}: not UTF-8 text (byte 0x{err.object[err.start]:02x})"],
+                          hint="save the recipe as UTF-8") from None
+    except OSError as err:
+        raise RecipeError([f"{path}: cannot read the recipe: {err.strerror}"]) from None
+
+
+PLACEHOLDERS = ("{name}", "{timestamp}")
+
+
 def _fill_output_dir(recipe: Recipe, path: Path, now: _dt.datetime) -> Recipe:
     """`{name}` is the recipe file's stem, `{timestamp}` makes each run of the same recipe unique."""
+    unknown = [p for p in re.findall(r"\{[^{}]*\}", recipe.output_dir) if p not in PLACEHOLDERS]
+    if unknown:
+        raise RecipeError([f"{path}: output_dir {recipe.output_dir!r}: unknown placeholder {unknown[0]}; "
+                           f"output_dir may use {' and '.join(PLACEHOLDERS)}"])
     stamp = now.strftime("%Y%m%d-%H%M%S")
     out = recipe.output_dir.replace("{name}", path.stem).replace("{timestamp}", stamp)
     return recipe.model_copy(update={"output_dir": out})

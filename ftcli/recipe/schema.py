@@ -7,9 +7,11 @@ so everything downstream sees canonical names only.
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from ftcli.recipe.rewards import RewardSpec, RewardSpecError, parse_specs
 
@@ -22,10 +24,47 @@ KERNEL_OPS = ("rms_norm", "rope", "window_attention", "swiglu", "geglu", "fused_
 
 
 class Section(BaseModel):
-    """Every recipe section forbids unknown keys; `aliases` maps short names to canonical ones."""
+    """Every recipe section forbids unknown keys; `aliases` maps short names to canonical ones.
+
+    A boolean is accepted only where the field's type says bool (or `bool_shorthands` lists it): YAML reads
+    `yes`, `no`, `on` and `off` as booleans, and pydantic would quietly turn `max_steps: yes` into 1.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     aliases: ClassVar[dict[str, str]] = {}
+    bool_shorthands: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_stray_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name not in cls.bool_shorthands \
+                and not _admits_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expects {_describe(cls.model_fields[info.field_name].annotation)}, not a boolean "
+                             "(YAML reads yes/no/on/off/true/false as booleans; quote the value if you meant text)")
+        return value
+
+
+def _admits_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any:
+        return True
+    if typing.get_origin(annotation) is Literal:
+        return any(isinstance(v, bool) for v in typing.get_args(annotation))
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and any(
+        _admits_bool(a) for a in typing.get_args(annotation))
+
+
+def _describe(annotation: Any) -> str:
+    """`int | None` -> "a whole number"; `Literal["auto", "none"] | list[str]` -> "one of auto, none or a list"."""
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(annotation)))
+    if typing.get_origin(annotation) in (list, tuple):
+        return "a list"
+    if typing.get_origin(annotation) is dict:
+        return "a mapping"
+    members = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    if members:
+        return " or ".join(dict.fromkeys(_describe(a) for a in members if a is not type(None)))
+    return {int: "a whole number", float: "a number", str: "text"}.get(annotation, getattr(annotation, "__name__", "?"))
 
 
 class ModelSection(Section):
@@ -122,6 +161,7 @@ class GrpoSection(Section):
     """train.grpo: group-relative policy optimisation (TRL GRPOTrainer) with rewards declared here."""
 
     aliases = {"generations": "num_generations", "kl_beta": "beta"}
+    bool_shorthands = frozenset({"scale_rewards"})  # true = group, false = none (TRL's older spelling)
 
     num_generations: int = Field(8, ge=2, description="completions sampled per prompt (the group)")
     max_prompt_length: int = Field(512, gt=0, description="longer prompts are skipped and counted")

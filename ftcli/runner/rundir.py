@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,23 +16,43 @@ from transformers import TrainerCallback
 from ftcli.engine import distributed
 from ftcli.errors import BadInput
 from ftcli.recipe import to_yaml
-from ftcli.runner import checkpoints
+from ftcli.runner import checkpoints, replace, resume_check
 
 PACKAGES = ("ftcli", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
             "bitsandbytes", "triton")
 
 
 def prepare(output_dir: str | Path, overwrite: bool) -> Path:
-    """Create the run dir; refuse to mix a new run into an old one unless told to overwrite."""
+    """Create the run dir (with its run marker); refuse to mix a new run into an old one unless told to
+    overwrite, and then move the old run aside instead of deleting it (replace.py)."""
     path = Path(output_dir)
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise BadInput(f"output_dir {path} already holds a run: pass --resume to continue it from its newest "
-                           "checkpoint, or --overwrite to replace it",
-                           hint="or choose another output_dir (runs/{name}-{timestamp} is new every time)")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.exists() and not path.is_dir():
+            raise BadInput(f"output_dir {path} is a file, not a folder", hint="choose another output_dir")
+        if path.exists() and any(path.iterdir()):
+            if not overwrite:
+                raise _occupied(path)
+            replace.move_aside(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            replace.mark(path)
+        except OSError:
+            replace.restore(path)
+            raise
+    except OSError as err:
+        raise BadInput(f"output_dir {path}: cannot create the run directory there: {err.strerror}",
+                       hint="choose a folder you can write to, e.g. runs/{name}-{timestamp}") from None
     return path
+
+
+def _occupied(path: Path) -> BadInput:
+    if replace.is_run(path):
+        return BadInput(f"output_dir {path} already holds a run: pass --resume to continue it from its newest "
+                        "checkpoint, or --overwrite to replace it",
+                        hint="or choose another output_dir (runs/{name}-{timestamp} is new every time)")
+    return BadInput(f"output_dir {path} already holds files, and they are not an ftcli run",
+                    hint="choose another output_dir (runs/{name}-{timestamp} is new every time); ftcli never "
+                         "replaces a folder that is not one of its runs")
 
 
 def package_versions() -> dict[str, str]:
@@ -100,17 +120,25 @@ def plot_losses(metrics: list[dict], out: Path) -> Path | None:
     return out
 
 
-def open_run_dir(recipe, *, overwrite: bool, dry_run: bool, resume: bool) -> tuple[Path, Path | None]:
-    """The run directory (rank 0 creates it, other ranks wait for it) and the checkpoint to resume from."""
+def open_run_dir(recipe, *, overwrite: bool, dry_run: bool, resume: bool, allow_changes: bool = False,
+                 log=lambda _: None) -> tuple[Path, Path | None]:
+    """The run directory (rank 0 creates it, other ranks wait for it) and the checkpoint to resume from.
+    An earlier run that a killed --overwrite had moved aside is put back first."""
     run_dir = Path(recipe.output_dir)
     if dry_run:
         return run_dir, None
+    if distributed.is_main():
+        note = replace.recover(run_dir)
+        if note:
+            log(note)
     if resume:
         checkpoint = checkpoints.latest(run_dir / "checkpoints")
         if checkpoint is None:
             raise BadInput(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}",
                            hint="checkpoints are written every train.save_steps; without one, start again "
                                 "with --overwrite")
+        for change in resume_check.check(run_dir, recipe, allow_changes):
+            log(f"resuming with a changed recipe (--allow-changes): {change}")
         return run_dir, checkpoint
     if distributed.is_main():
         prepare(run_dir, overwrite)
@@ -144,12 +172,23 @@ class Manifest:
                       "resumed_from": str(resumed_from) if resumed_from else None}
 
     def write(self) -> None:
+        """Written beside and renamed into place: a full disk leaves the previous manifest, never half a file."""
         if self.enabled:
-            (self.run_dir / "recipe.resolved.yaml").write_text(to_yaml(self.recipe, self.facts), encoding="utf-8")
+            target = self.run_dir / "recipe.resolved.yaml"
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_text(to_yaml(self.recipe, self.facts), encoding="utf-8")
+            os.replace(tmp, target)
 
     def fail(self, cause: str) -> None:
-        self.facts["status"] = f"failed: {cause}"
-        self.write()
+        self.set_status(f"failed: {cause}")
+
+    def set_status(self, status: str) -> None:
+        """Record how the run ended; best effort, so that the cause reaches the user even if this write fails."""
+        self.facts["status"] = status
+        try:
+            self.write()
+        except OSError:
+            pass
 
 
 def dataset_facts(recipe, fmt: str, report, train_set, trainable_params: int) -> dict:

@@ -26,7 +26,7 @@ from ftcli.errors import BadInput, TrainingFailed
 from ftcli.export.run import check_export_ready
 from ftcli.models import lora, pretrained
 from ftcli.recipe import Recipe
-from ftcli.runner import checkpoints, outputs, rundir
+from ftcli.runner import checkpoints, outcome, outputs, replace, rundir
 from ftcli.runner.outputs import RunResult
 from ftcli.runner.throughput import Throughput
 from ftcli.stages import guards, trainer_args
@@ -63,18 +63,27 @@ class Loaded:
 
 
 def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resume: bool = False,
-        log: Callable[[str], None] = lambda _: None, callbacks: list | None = None) -> RunResult:
+        allow_changes: bool = False, log: Callable[[str], None] = lambda _: None,
+        callbacks: list | None = None) -> RunResult:
     """Train as the recipe says and fill the run directory. Raises FtcliError subclasses.
 
     `dry_run` loads the model and the data and stops before training, writing nothing.
-    `resume` continues from the newest complete checkpoint in output_dir.
-    With several processes (torchrun), only rank 0 writes the run directory.
+    `resume` continues from the newest complete checkpoint in output_dir (`allow_changes`: even though the
+    recipe's learning rate, steps or data changed since). With several processes (torchrun), only rank 0
+    writes the run directory. However it ends, the manifest's status says how (outcome.py).
     """
     check_supported(recipe)
     started = time.time()
-    run_dir, checkpoint = rundir.open_run_dir(recipe, overwrite=overwrite, dry_run=dry_run, resume=resume)
+    run_dir, checkpoint = rundir.open_run_dir(recipe, overwrite=overwrite, dry_run=dry_run, resume=resume,
+                                              allow_changes=allow_changes, log=log)
     manifest = rundir.Manifest(run_dir, recipe, enabled=distributed.is_main() and not dry_run,
                                resumed_from=checkpoint)
+    with outcome.recorded(manifest, run_dir, owns_run_dir=manifest.enabled and checkpoint is None):
+        return _run(recipe, run_dir, checkpoint, manifest, started, dry_run, log, callbacks)
+
+
+def _run(recipe: Recipe, run_dir: Path, checkpoint: Path | None, manifest: rundir.Manifest, started: float,
+         dry_run: bool, log, callbacks) -> RunResult:
     result = RunResult(run_dir=run_dir)
     loaded = load(recipe, manifest, result, log)
     if dry_run:
@@ -104,6 +113,10 @@ def load(recipe: Recipe, manifest: rundir.Manifest, result: RunResult, log) -> L
     """plan -> model -> template -> doctor -> datasets -> adapter, each logged and recorded in the manifest."""
     from transformers import set_seed
 
+    # The template name and the data first: a bad row stops the run before minutes of weight loading.
+    templates.check_name(recipe.template.name)
+    rows, fmt, report = formats.read_rows(recipe.dataset)
+    train_rows, eval_rows = formats.split_eval(rows, recipe.dataset.eval_fraction, recipe.train.seed)
     config = pretrained.load_config(recipe.model)
     machine = memory_plan.Machine.current()
     plan = memory_plan.for_recipe(recipe, config, machine)  # made once: nothing below recomputes it
@@ -123,13 +136,12 @@ def load(recipe: Recipe, manifest: rundir.Manifest, result: RunResult, log) -> L
     manifest.facts["doctor"] = doctor.as_facts(findings)
 
     stage = stages.for_recipe(recipe)
-    rows, fmt, report = formats.read_rows(recipe.dataset)
-    train_rows, eval_rows = formats.split_eval(rows, recipe.dataset.eval_fraction, recipe.train.seed)
     train_set, eval_set = stage.build_datasets(recipe, train_rows, eval_rows, template, tokenizer, report)
     report.train_rows, report.eval_rows = len(train_set), len(eval_set) if eval_set is not None else 0
     result.data_report = asdict(report)
     log(f"dataset: {report.train_rows} train / {report.eval_rows} eval rows ({fmt}); "
-        f"{report.rows_skipped} skipped, {report.rows_truncated} truncated to {recipe.model.max_seq_length} tokens")
+        f"{report.rows_skipped} skipped, {report.rows_truncated} truncated to {recipe.model.max_seq_length} tokens, "
+        f"{report.rows_without_targets} dropped with no trained token left")
 
     model = attach_adapter(recipe, model, plan, log)
     checkpointing.apply(model, plan)
@@ -156,7 +168,7 @@ def build_trainer(recipe: Recipe, loaded: Loaded, run_dir: Path, manifest: rundi
                                    lora.trainable_parameters(loaded.model)[0])
     step_callbacks = [Throughput(flops), rundir.MetricsFile(run_dir / "metrics.jsonl"),  # Throughput first: it adds
                       checkpoints.MarkComplete(run_dir), guards.KillAfterSave(),    # to the dict the others log
-                      guards.GradNormGuard(), *(callbacks or [])]
+                      guards.GradNormGuard(), replace.DiscardReplaced(run_dir), *(callbacks or [])]
     setup = TrainerSetup(
         recipe=recipe, model=loaded.model, tokenizer=loaded.tokenizer, template=loaded.template,
         train_set=loaded.train_set, eval_set=loaded.eval_set, checkpoints_dir=str(run_dir / "checkpoints"),

@@ -2,7 +2,8 @@
 
 Also hosts test-only fault injection (`FTCLI_TEST_FAULT`), so that the NaN guard and exact
 resume after a hard kill are tested on the real runner: `nan-loss-at-step:N` poisons the
-loss of optimizer step N, `sigkill-at-step:N` kills the process after step N is saved.
+loss of optimizer step N, `sigkill-at-step:N` kills the process after step N is saved
+(`sigint-at-step:N` and `sigterm-at-step:N` interrupt it there, as Ctrl-C and `kill` do).
 """
 
 from __future__ import annotations
@@ -58,12 +59,18 @@ class GradNormGuard(TrainerCallback):
             raise NonFiniteLoss(state.global_step + 1, "the gradient norm", norm.item())
 
 
+FAULT_SIGNALS = {"sigkill-at-step": signal.SIGKILL, "sigint-at-step": signal.SIGINT,
+                 "sigterm-at-step": signal.SIGTERM}
+
+
 class KillAfterSave(TrainerCallback):
-    """Test-only: SIGKILL ourselves right after the checkpoint of step N is complete."""
+    """Test-only: send ourselves SIGKILL, SIGINT (as Ctrl-C does) or SIGTERM right after the checkpoint of step N
+    is complete."""
 
     def on_save(self, args, state, control, **kwargs):
-        if injected_fault() == ("sigkill-at-step", state.global_step):
-            os.kill(os.getpid(), signal.SIGKILL)
+        fault = injected_fault()
+        if fault and fault[0] in FAULT_SIGNALS and fault[1] == state.global_step:
+            os.kill(os.getpid(), FAULT_SIGNALS[fault[0]])
 
 
 LIKELY_CAUSES = ("a learning rate that is too high (try half of train.learning_rate)",

@@ -48,7 +48,7 @@ def test_bad_data_row_exits_2_naming_the_row(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
     path = write_recipe(tmp_path / "r.yaml", dataset={"path": str(data), "format": "messages"})
     out = ftcli("train", path, cwd=tmp_path)
-    assert out.returncode == 2 and "row 1" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "d.jsonl, line 1" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_missing_recipe_and_unknown_model_exit_2(tmp_path):

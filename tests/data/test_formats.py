@@ -65,7 +65,7 @@ def test_malformed_row_names_file_row_and_problem(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [good, good, bad, good])
     with pytest.raises(DataError) as info:
         formats.read_rows(section(path, format="messages"))
-    assert f"{path}, row 3" in info.value.message and "role 'wizard'" in info.value.message
+    assert f"{path}, line 3" in info.value.message and "role 'wizard'" in info.value.message
     assert "skip_invalid" in info.value.hint
 
 

@@ -52,7 +52,8 @@ def test_set_values_are_parsed_as_yaml(tmp_path):
 
 def test_alias_and_canonical_name_together_is_an_error(tmp_path):
     path = write_recipe(tmp_path / "r.yaml", train={"lr": 1e-3, "learning_rate": 2e-3})
-    assert "given twice" in problems_of(path)[0]
+    problem = problems_of(path)[0]
+    assert "are the same setting" in problem and problem.startswith(f"{path}:")
 
 
 def test_unknown_key_names_file_line_path_and_closest_key(tmp_path):
@@ -138,3 +139,51 @@ def test_memory_settings_validate_with_one_clear_message(tmp_path):
     bad = problems_of(write_recipe(tmp_path / "r.yaml", train={"gradient_checkpointing": "offlaod"}))
     assert len(bad) == 1 and "choose auto, true, false or offload" in bad[0]
     assert "lean" in problems_of(write_recipe(tmp_path / "r.yaml", train={"memory": "fastest"}))[0]
+
+
+@pytest.mark.parametrize("field, value", [("train.max_steps", "yes"), ("train.learning_rate", "on"),
+                                          ("lora.r", "true"), ("model.max_seq_length", "no")])
+def test_booleans_only_where_the_schema_says_bool(tmp_path, field, value):
+    section, key = field.split(".")
+    sections = {"model": "  name: builtin:tiny-llama3\n", "dataset": "  path: d.jsonl\n", "lora": "  alpha: 8\n",
+                "train": "  seed: 1\n"}
+    sections[section] += f"  {key}: {value}\n"
+    path = tmp_path / "r.yaml"
+    path.write_text("".join(f"{name}:\n{body}" for name, body in sections.items()))
+    [problem] = problems_of(path)
+    assert f"`{field}`" in problem and "not a boolean" in problem and problem.startswith(f"{path}:")
+    line = int(problem.split(":")[1])
+    assert path.read_text().splitlines()[line - 1].strip() == f"{key}: {value}"
+
+
+def test_real_booleans_and_bool_shorthands_still_load(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", model={"load_in_4bit": True}, dataset={"skip_invalid": True},
+                        train={"packing": False, "kernels": False, "gradient_checkpointing": True})
+    loaded = recipe.load(path, ["lora.use_dora=yes"])
+    assert loaded.model.load_in_4bit is True and loaded.lora.use_dora is True and loaded.train.packing is False
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("learning_rate=1", "unknown key `learning_rate` (did you mean `train.learning_rate`?)"),
+    ("train.learnin_rate=1", "unknown key `train.learnin_rate` (did you mean `learning_rate`?)"),
+    ("train.nosuch.deep=1", "unknown key `train.nosuch`"),
+    ("lora.rnk=4", "(did you mean `r`?)"),
+    ("grpo.beta=0.1", "(did you mean `train.grpo`?)"),
+])
+def test_set_paths_are_checked_against_the_schema(tmp_path, override, expected):
+    path = write_recipe(tmp_path / "r.yaml")
+    [problem] = problems_of(path, [override])
+    assert problem.startswith(f"--set {override}: ") and expected in problem
+    assert str(path) not in problem  # the recipe file is not to blame
+
+
+def test_unknown_top_level_key_suggests_its_section(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", learning_rate=1e-4)
+    [problem] = problems_of(path)
+    assert "unknown key `learning_rate` (did you mean `train.learning_rate`?)" in problem
+
+
+def test_unknown_output_dir_placeholder_is_an_error(tmp_path):
+    path = write_recipe(tmp_path / "r.yaml", output_dir="runs/{bogus}-{name}")
+    [problem] = problems_of(path)
+    assert "output_dir" in problem and "{bogus}" in problem and "{name} and {timestamp}" in problem
