@@ -116,6 +116,6 @@ def warnings(stage: str, metrics: list[dict]) -> list[str]:
             found.append("the policy does not prefer the chosen replies (margin ≤ 0, accuracy ≤ 50%): "
                          "check learning_rate, train.dpo.beta and that chosen/rejected are not swapped")
     loss = series(metrics, "loss")
-    if stage != "grpo" and len(loss) >= 3 and trend(loss) in ("flat", "rising"):
+    if stage != "grpo" and len(loss) >= 5 and trend(loss) in ("flat", "rising"):  # too few logs say nothing
         found.append(f"train loss did not fall ({loss[0]:.4f} → {loss[-1]:.4f}): check learning_rate and the data")
     return found
