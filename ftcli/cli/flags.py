@@ -6,23 +6,22 @@ the command line, a boolean word right after a flag (or after `=`) is folded int
 
 from __future__ import annotations
 
-import click
-
 TRUE = {"true", "yes", "on", "1"}
 FALSE = {"false", "no", "off", "0"}
 
 
-def _flags_of(command: click.Command) -> set[str]:
-    return {opt for p in command.params if isinstance(p, click.Option) and p.is_flag for opt in p.opts}
+def _flags_of(command) -> set[str]:
+    # duck-typed: typer's options are its own classes, not click.Option subclasses
+    return {opt for p in command.params if getattr(p, "is_flag", False) for opt in p.opts}
 
 
-def normalise(argv: list[str], root: click.Command) -> list[str]:
-    """`argv` (without the program name) with every `FLAG true|false` and `FLAG=true|false` made plain."""
+def normalise(argv: list[str], root) -> list[str]:
+    """`argv` (without the program name; `root`: the click command of the app) with every `FLAG true|false` and `FLAG=true|false` made plain."""
     command, flags, out = root, _flags_of(root), []
     i = 0
     while i < len(argv):
         token = argv[i]
-        if isinstance(command, click.Group) and token in command.commands:
+        if token in (getattr(command, "commands", None) or {}):
             command = command.commands[token]
             flags = _flags_of(command)
             out.append(token)
