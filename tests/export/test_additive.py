@@ -47,19 +47,21 @@ def quickstart_run(tmp_path_factory):
     from ftcli import recipe
     from ftcli.runner import train as training
 
-    path = write_recipe(tmp_path_factory.mktemp("qs") / "r.yaml", train={"max_steps": 2},
+    work = tmp_path_factory.mktemp("qs")
+    path = write_recipe(work / "r.yaml", train={"max_steps": 2}, output_dir=str(work / "runs" / "quickstart"),
                         export={"formats": ["safetensors", "gguf", "ollama"], "gguf_quant": ["f16"]})
     return training.run(recipe.load(path))
 
 
 @pytest.mark.slow
-def test_the_chat_with_it_file_survives_every_command_of_docs_export(quickstart_run):
+def test_the_chat_with_it_file_survives_every_command_of_docs_export(quickstart_run, monkeypatch):
     run, export = quickstart_run.run_dir, quickstart_run.run_dir / "export"
+    monkeypatch.chdir(run.parent.parent)  # for the commands with no RUN_DIR: runs/ holds this run
     chat_file = quickstart_run.gguf_path
     assert chat_file == export / "model-f16.gguf"
     before = chat_file.read_bytes()
     commands = docs_commands()
-    assert len(commands) >= 7 and any("--verify-only" in c for c in commands)
+    assert len(commands) >= 8 and "ftcli export --gguf q4_k_m" in commands
     for command in commands:
         args = shlex.split(command.replace("RUN_DIR", str(run)))[1:]
         result = invoke(*args, "--max-new-tokens", "4") if args[0] == "chat" else invoke(*args)
@@ -67,6 +69,8 @@ def test_the_chat_with_it_file_survives_every_command_of_docs_export(quickstart_
         assert result.exit_code == 0 or (result.exit_code == 2 and "--overwrite" in result.output), \
             (command, result.output)
         assert chat_file.read_bytes() == before, command
+        if "RUN_DIR" not in command:
+            assert f"{command.split()[1]}: runs/quickstart (the newest finished run" in result.output
         assert_whole(export)
     names = {p.name for p in export.iterdir()}
     assert {"model-f16.gguf", "model-q4_k_m.gguf", "model-q8_0.gguf", "adapter-lora.gguf", "merged", "adapter",
