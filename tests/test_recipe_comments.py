@@ -51,5 +51,5 @@ def test_the_comment_command_runs_as_written(tmp_path, monkeypatch, name, comman
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and "status: done" in (runs[0] / "recipe.resolved.yaml").read_text()
     assert "it/s" in result.output  # the progress bar's rate, on every run
-    if name == "qwen3-grpo.yaml":  # a tiny random model earns no reward: the run says so, as its comment promises
-        assert "reward" in result.output and "no learning signal" in result.output
+    if name == "qwen3-grpo.yaml":  # GRPO's summary speaks of rewards, not of a loss that is 0 by construction
+        assert "groups with no reward spread" in result.output and "train loss" not in result.output

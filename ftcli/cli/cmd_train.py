@@ -184,7 +184,7 @@ class _progress:
                                    TimeRemainingColumn)
         from transformers import TrainerCallback
 
-        bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        bar = Progress(TextColumn("training"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(),
                        TextColumn("{task.fields[rate]}"), TextColumn("eta"), TimeRemainingColumn(),
                        TextColumn("{task.fields[info]}"), console=console, transient=False)
         state = {"task": None, "start": None}

@@ -24,3 +24,23 @@ def test_groups_with_reward_spread_give_no_warning():
     feed(LearningWatch("grpo", said.append, after_steps=3),
          [{"step": s, "reward": 0.2, "frac_reward_zero_std": 0.5} for s in range(1, 9)])
     assert said == []
+
+
+def test_a_grpo_run_whose_reward_never_varies_is_warned_during_training(tmp_path):
+    from ftcli import recipe
+    from ftcli.runner import signals
+    from ftcli.runner import train as training
+    from helpers.runs import write_jsonl, write_recipe
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say word {i}."} for i in range(8)])
+    path = write_recipe(tmp_path / "grpo.yaml", dataset={"path": str(data), "format": "prompt"},
+                        train={"stage": "grpo", "max_steps": signals.EARLY_STEPS, "per_device_train_batch_size": 8,
+                               "logging_steps": 1, "grpo": {"num_generations": 4, "max_completion_length": 8,
+                                                            "rewards": [{"type": "regex", "pattern": "^never$"}]}})
+    said = []
+    result = training.run(recipe.load(path), log=said.append)
+    warnings = [line for line in said if line.startswith("warning: no learning signal")]
+    assert len(warnings) == 1, said
+    assert signals.warnings("grpo", result.metrics)[0] == warnings[0].removeprefix("warning: ")
+    assert dict(signals.summary("grpo", result.metrics))["reward"] == "0.000 → 0.000 (flat)"
+    assert (result.run_dir / "loss.png").is_file() and not (result.run_dir / "checkpoints").exists()
