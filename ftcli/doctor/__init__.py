@@ -139,7 +139,7 @@ def run_for_training(model, tokenizer, template, recipe, log: Callable[[str], No
         f.data.setdefault("fixed", False)
         if f.severity == "info" and not f.data["fixed"]:
             continue
-        if f.check in TRAINING_UNAFFECTED and not f.data["fixed"]:
+        if f.check in TRAINING_UNAFFECTED and f.severity == "warning" and not f.data["fixed"]:
             aside.append(f.check)
             continue
         state = "fixed" if f.data["fixed"] else f.severity

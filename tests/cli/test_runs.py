@@ -80,6 +80,8 @@ def test_the_cards_doctor_command_checks_the_newest_run_else_the_recipe_here(tmp
     out = ftcli("doctor", cwd=recipe_dir)
     assert out.returncode == 0, out.stderr
     assert "doctor: checking runs/full (the newest finished run" in out.stdout
+    table = [line for line in out.stdout.splitlines() if line.startswith(" ")]
+    assert table and max(map(len, table)) <= 80  # the findings' table fits 80 columns
     empty = tmp_path / "empty"
     empty.mkdir()
     out = ftcli("doctor", cwd=empty)
