@@ -47,13 +47,16 @@ def _print_memory(recipe) -> None:
     from ftcli.engine import memory, plan
     from ftcli.models import pretrained
 
+    reason = "the model config could not be read"
     try:
         config = pretrained.load_config(recipe.model)
         estimate = plan.for_recipe(recipe, config, plan.Machine.current().with_reference_gpu()).estimate
-    except Exception:  # offline hub id, unusual config: `ftcli train` will say what is wrong
+    except FtcliError as err:  # offline hub id, unusual config: `ftcli train` will stop on it
+        estimate, reason = None, err.message
+    except Exception:  # noqa: BLE001 (an unusual config: the estimate is optional here)
         estimate = None
     if estimate is None:
-        console.print("memory estimate: unavailable (the model config could not be read)", markup=False)
+        console.print(f"memory estimate: unavailable ({reason})", markup=False)
         return
     parts = ", ".join(f"{name} {value / memory.GiB:.1f}" for name, value in estimate.rows()[:-1])
     console.print(f"estimated peak GPU memory: {estimate.total / memory.GiB:.1f} GiB ({parts})", markup=False)

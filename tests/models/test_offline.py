@@ -78,3 +78,12 @@ def test_train_offline_prints_one_error_line_without_retries(tmp_path, recipe, b
     assert f"--set model.name={builtin}" in out.stderr and "Traceback" not in out.stderr
     assert "retry" not in (out.stdout + out.stderr).lower() and "Retrying" not in out.stderr
     assert seconds < 30, seconds  # the interpreter's start and imports; no network wait
+
+
+def test_validate_offline_answers_at_once(tmp_path):
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache")}
+    out = subprocess.run([sys.executable, "-m", "ftcli", "validate", "recipes/gemma3-sft.yaml", "--memory"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "memory estimate: unavailable (model.name 'google/gemma-3-4b-it': the Hugging Face hub is offline" \
+        in out.stdout and "retry" not in (out.stdout + out.stderr).lower()
