@@ -26,3 +26,33 @@ def atomic_dir(final: Path):
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def staged_into(final: Path):
+    """Yield a temp folder beside `final`; when the block finishes, move each of its entries into `final`
+    (created if needed), replacing only entries of the same name. Everything else in `final` is kept, and a
+    crash inside the block leaves `final` as it was."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    final.mkdir(exist_ok=True)
+    for entry in sorted(tmp.iterdir()):
+        replace_entry(entry, final / entry.name)
+    tmp.rmdir()
+
+
+def replace_entry(new: Path, dst: Path) -> None:
+    """Rename `new` to `dst`; an existing folder at `dst` is renamed aside first and deleted after."""
+    if dst.is_dir() and not dst.is_symlink():
+        aside = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, aside)
+        os.replace(new, dst)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(new, dst)

@@ -1,7 +1,7 @@
 """The `ftcli` command: parse, call, print. This package is the only code that prints for the user.
 
 app.py holds the typer app, the consoles and error printing; one module per command group registers its
-commands on the app (cmd_train, cmd_export, cmd_doctor, cmd_bench); `main` is the console script.
+commands on the app (cmd_train, cmd_export, cmd_doctor, cmd_runs, cmd_bench); `main` is the console script.
 
 May import every package; no package imports this one.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from ftcli.cli import cmd_train  # noqa: F401, I001
 from ftcli.cli import cmd_export  # noqa: F401
 from ftcli.cli import cmd_doctor  # noqa: F401
+from ftcli.cli import cmd_runs  # noqa: F401
 from ftcli.cli import cmd_bench  # noqa: F401
 from ftcli.cli.app import app, errors
 
@@ -34,8 +35,12 @@ def main() -> None:
 
     hf_logging.disable_progress_bar()  # weight-loading bars would drown the run's own output
     hf_logging.set_verbosity_error()
+    import typer
+
+    from ftcli.cli.flags import normalise
+
     try:
-        app()
+        app(args=normalise(sys.argv[1:], typer.main.get_command(app)), prog_name="ftcli")
     except KeyboardInterrupt:
         errors.print("interrupted", style="yellow")
         sys.exit(130)

@@ -17,14 +17,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: flags show as flags (rich mode prints `--dry-run <bool>`), 80 columns
 )
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
-RecipeArg = Annotated[Path, typer.Argument(help="Path of the YAML recipe, e.g. recipes/quickstart.yaml", show_default=False)]
+RecipeArg = Annotated[Path, typer.Argument(metavar="RECIPE", help="Path of the YAML recipe, e.g. recipes/quickstart.yaml", show_default=False)]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", "-s", help="Override a recipe value, parsed as YAML: --set train.learning_rate=1e-4 "
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a recipe value, parsed as YAML: --set train.learning_rate=1e-4 "
                                      "--set 'export.formats=[]'. Repeatable."),
 ]
 

@@ -9,13 +9,14 @@ import typer
 from rich.table import Table
 
 from ftcli.cli.app import SetOpt, app, console, errors, fail
-from ftcli.errors import FtcliError
+from ftcli.errors import BadInput, FtcliError
 
 
 @app.command("doctor")
 def doctor_cmd(
-    target: Annotated[str, typer.Argument(help="A recipe (.yaml), a model folder, builtin:<name> or Hugging Face id, "
-                                                "a run directory, or a .gguf file.", show_default=False)],
+    target: Annotated[Optional[str], typer.Argument(help="A recipe (.yaml), a model folder, builtin:<name> or Hugging "
+                      "Face id, a run directory, or a .gguf file; default: the newest finished run under runs/, "
+                      "else the one recipe in this folder.", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print {target, findings: [{check, severity, message, "
                                                          "fixable}]} as JSON.")] = False,
     fix_dir: Annotated[Optional[Path], typer.Option("--fix", metavar="OUT_DIR",
@@ -31,6 +32,7 @@ def doctor_cmd(
     from ftcli import doctor
 
     try:
+        target = default_target(target, quiet=json_out)
         if numerics:
             from ftcli.doctor import numerics as numeric_checks
 
@@ -58,6 +60,29 @@ def doctor_cmd(
     raise typer.Exit(code)
 
 
+def default_target(target: str | None, quiet: bool = False) -> str:
+    """TARGET as given; else (or for `latest`) the newest finished run, else the one recipe in this folder."""
+    from ftcli.runner import catalog
+
+    if target is not None and target != catalog.LATEST:
+        return target
+    run = catalog.newest()
+    if run is not None:
+        picked, why = str(run.path), "the newest finished run under runs/"
+    else:
+        recipes = sorted(Path(".").glob("*.yaml")) + sorted(Path(".").glob("*.yml"))
+        if len(recipes) != 1 or target == catalog.LATEST:
+            found = f" ({len(recipes)} recipes here: name one)" if len(recipes) > 1 else ""
+            raise BadInput(f"nothing to check: no finished run under runs/ and no single recipe in this folder{found}",
+                           hint="name a target: ftcli doctor RECIPE.yaml | RUN_DIR | MODEL_FOLDER | builtin:tiny-llama3 "
+                                "| model.gguf")
+        picked, why = str(recipes[0]), "the recipe in this folder"
+    if not quiet:
+        console.print(f"doctor: checking {picked} ({why}; name another: ftcli doctor TARGET)", markup=False,
+                      highlight=False)
+    return picked
+
+
 def _print_doctor(report, fix_dir) -> None:
     from rich.text import Text
 
@@ -65,12 +90,14 @@ def _print_doctor(report, fix_dir) -> None:
     console.print(f"[bold]ftcli doctor[/] {report.target}", highlight=False)
     for severity, findings in report.grouped():
         table = Table(title=f"{severity}s ({len(findings)})", title_style=styles[severity], title_justify="left",
-                      show_header=True, header_style="dim", box=None, padding=(0, 1), expand=False)
+                      show_header=False, box=None, padding=(0, 1), expand=False)
         table.add_column("check", style=styles[severity], no_wrap=True)
-        table.add_column("finding", overflow="fold", ratio=3)
-        table.add_column("fix", overflow="fold", ratio=2, style="dim")
+        table.add_column("finding", overflow="fold")  # one wide column: a finding stays a few lines at 80 columns
         for f in findings:  # Text, not markup: messages quote template markers such as [/INST]
-            table.add_row(Text(f.check), Text(f.message), Text(("(--fix) " if f.fixable else "") + f.fix))
+            text = Text(f.message)
+            if f.fix:
+                text.append("\nfix: " + ("(--fix) " if f.fixable else "") + f.fix, style="dim")
+            table.add_row(Text(f.check), text)
         console.print(table)
     for note in report.notes:
         console.print(Text(f"note: {note}", style="dim"), highlight=False)

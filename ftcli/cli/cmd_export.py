@@ -17,7 +17,8 @@ _QUANTS = "f16, bf16, f32, q8_0, q6_k, q5_k_m, q4_k_m, q4_0"
 
 @app.command("export")
 def export_cmd(
-    target: Annotated[Path, typer.Argument(help="A run directory (or a Hugging Face model folder).", show_default=False)],
+    target: Annotated[Optional[Path], typer.Argument(help="A run directory (or a Hugging Face model folder); "
+                      "default: latest, the newest finished run under runs/.", show_default=False)] = None,
     safetensors: Annotated[bool, typer.Option("--safetensors", help="Write the merged model as safetensors (merged/).")] = False,
     gguf: Annotated[Optional[str], typer.Option("--gguf", metavar="QUANTS",
                     help=f"GGUF quant types, comma-separated, e.g. q4_k_m,q8_0. Supported: {_QUANTS}.")] = None,
@@ -26,7 +27,8 @@ def export_cmd(
     adapter_gguf: Annotated[bool, typer.Option("--adapter-gguf", help="Write the adapter as a LoRA GGUF "
                                                "(adapter-lora.gguf) that llama.cpp applies to the base model's GGUF.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: RUN_DIR/export).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing export in the output folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files of the same name in the output folder "
+                                            "(exports are additive: every other file is kept).")] = False,
     verify_only: Annotated[bool, typer.Option("--verify-only", help="Re-check the GGUF files of an existing export.")] = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the logits/tokenisation parity checks.")] = False,
     system: Annotated[Optional[str], typer.Option("--system", help="SYSTEM prompt for the Modelfile (default: the recipe's dataset.system_prompt).")] = None,
@@ -35,10 +37,12 @@ def export_cmd(
 
     With no format option: GGUF (the recipe's export.gguf_quant, else q8_0) and a Modelfile.
     """
+    from ftcli.cli.cmd_runs import pick_run
     from ftcli.export import quantize as quant
     from ftcli.export.run import ExportOptions, export
 
     try:
+        target = pick_run(target, "export")
         opts = ExportOptions(safetensors=safetensors, gguf=quant.parse_quants(gguf) if gguf else [], ollama=ollama,
                              adapter=adapter, adapter_gguf=adapter_gguf, out_dir=out, overwrite=overwrite,
                              verify=not no_verify,
@@ -55,23 +59,37 @@ def export_cmd(
 def _print_export(report: dict) -> None:
     from ftcli.export.run import report_summary
 
+    wrote = {name.rstrip("/") for name in (report.get("history") or [{}])[-1].get("wrote", [])}
+    if "verified" in report or "history" not in report:  # --verify-only (or an older report): every file
+        wrote = {entry["file"].rstrip("/") for entry in report.get("files", [])}
     table = Table(box=None, padding=(0, 1))
-    for column in ("file", "size", "max|Δ|", "NMSE", "top-1", "KL", "fallback"):
+    for column in ("file", "size", "NMSE", "top-1", "KL", "verdict", "fallbacks"):
         table.add_column(column, no_wrap=True)
-    removed = False
+    removed, fallbacks, kept = False, False, []
     for row in report_summary(report):
         if row["bytes"] is None:
             continue
+        if row["kept"] and row["file"].rstrip("/") not in wrote:
+            kept.append(row["file"])
+            continue
         fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
         removed |= not row["kept"]
+        fallbacks |= bool(row["fallbacks"])
         table.add_row(row["file"] + ("*" if not row["kept"] else ""), f"{row['bytes'] / 2**20:.1f}M",
-                      fmt(row["max_abs_diff"], ".3g"), fmt(row["nmse"], ".2g"), fmt(row["top1"], ".0%"),
-                      fmt(row["kl"], ".2g"), str(row["fallbacks"] or ""))
+                      fmt(row["nmse"], ".2g"), fmt(row["top1"], ".0%"), fmt(row["kl"], ".2g"),
+                      row["verdict"] or "", str(row["fallbacks"] or ""))
     console.print("[bold green]export done[/]" if "verified" not in report else "[bold green]verified[/]",
                   f"→ {report.get('out_dir')}")
     console.print(table)
     if removed:
         console.print("[dim]* intermediate 16-bit file: every quant was made from it, then removed[/]")
+    if fallbacks:
+        console.print("[dim]fallbacks: tensors whose rows do not divide into the quant's blocks (256 values for "
+                      "k-quants) were stored in the next wider type; export-report.json lists them[/]")
+    console.print("[dim]verdict against the trained model: fine (top-1 ≥ 90%, KL ≤ 0.05), degraded (top-1 ≥ 60%, "
+                  "KL ≤ 0.5), else broken (docs/export.md)[/]")
+    if kept:
+        console.print(f"kept from earlier exports: {', '.join(kept)}", markup=False)
     tok = report.get("tokenization")
     if tok:
         bad = [s for s in tok["samples"] if not s["match"]]
@@ -91,16 +109,19 @@ def _print_export(report: dict) -> None:
 
 @app.command("chat")
 def chat_cmd(
-    target: Annotated[Path, typer.Argument(help="A run directory, a model folder or a .gguf file.", show_default=False)],
+    target: Annotated[Optional[Path], typer.Argument(help="A run directory, a model folder or a .gguf file; default: "
+                      "latest, the newest finished run under runs/.", show_default=False)] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this one message and exit.")] = None,
     system: Annotated[Optional[str], typer.Option("--system", help="A system message for the conversation.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest reply, in tokens.")] = 256,
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
 ) -> None:
     """Chat with a trained model in the terminal, with its training chat template and stop tokens."""
+    from ftcli.cli.cmd_runs import pick_run
     from ftcli.export.chat_session import ChatSession
 
     try:
+        target = pick_run(target, "chat")
         session = ChatSession(target, max_new_tokens=max_new_tokens, temperature=temperature)
     except FtcliError as err:
         fail(err)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -23,8 +24,13 @@ def _load(recipe_path: Path, overrides: list[str] | None):
 
 
 @app.command()
-def validate(recipe_path: RecipeArg, set_: SetOpt = None) -> None:
+def validate(recipe_path: RecipeArg, set_: SetOpt = None,
+             memory: Annotated[bool, typer.Option("--memory", help="Also estimate peak GPU memory (shown anyway on a "
+                                                              "machine with a GPU; else for an 80 GiB GPU).")] = False,
+             ) -> None:
     """Check a recipe and print it resolved: defaults filled, overrides applied, canonical names."""
+    import torch
+
     from ftcli.data import templates
     from ftcli.recipe import to_yaml
 
@@ -35,7 +41,8 @@ def validate(recipe_path: RecipeArg, set_: SetOpt = None) -> None:
         fail(err)
     console.print(f"[green]valid[/] {recipe_path}")
     console.print(to_yaml(recipe), markup=False)
-    _print_memory(recipe)
+    if memory or torch.cuda.is_available():  # on a machine without a GPU the figure is noise unless asked for
+        _print_memory(recipe)
 
 
 def _print_memory(recipe) -> None:
@@ -43,13 +50,16 @@ def _print_memory(recipe) -> None:
     from ftcli.engine import memory, plan
     from ftcli.models import pretrained
 
+    reason = "the model config could not be read"
     try:
         config = pretrained.load_config(recipe.model)
         estimate = plan.for_recipe(recipe, config, plan.Machine.current().with_reference_gpu()).estimate
-    except Exception:  # offline hub id, unusual config: `ftcli train` will say what is wrong
+    except FtcliError as err:  # offline hub id, unusual config: `ftcli train` will stop on it
+        estimate, reason = None, err.message
+    except Exception:  # noqa: BLE001 (an unusual config: the estimate is optional here)
         estimate = None
     if estimate is None:
-        console.print("memory estimate: unavailable (the model config could not be read offline)", markup=False)
+        console.print(f"memory estimate: unavailable ({reason})", markup=False)
         return
     parts = ", ".join(f"{name} {value / memory.GiB:.1f}" for name, value in estimate.rows()[:-1])
     console.print(f"estimated peak GPU memory: {estimate.total / memory.GiB:.1f} GiB ({parts})", markup=False)
@@ -86,7 +96,7 @@ def train(
                                      dry_run=dry_run, overwrite=overwrite, resume=resume,
                                      allow_changes=allow_changes))
         _print_plan(recipe)
-        with _progress() as progress, _sigterm_interrupts():
+        with _progress(recipe.train.stage) as progress, _sigterm_interrupts():
             result = training.run(recipe, overwrite=overwrite, dry_run=dry_run, resume=resume,
                                   allow_changes=allow_changes,
                                   log=lambda msg: console.print(f"[dim]·[/] {escape(msg)}", highlight=False),
@@ -166,8 +176,8 @@ def _print_plan(recipe) -> None:
 
 
 def _print_result(result) -> None:
-    losses = [m["loss"] for m in result.metrics if "loss" in m]
-    evals = [m["eval_loss"] for m in result.metrics if "eval_loss" in m]
+    from ftcli.runner import signals
+
     table = Table(show_header=False, box=None, padding=(0, 2))
     table.add_row("run directory", str(result.run_dir))
     if result.adapter_dir:
@@ -179,10 +189,8 @@ def _print_result(result) -> None:
     if result.export_dir:
         table.add_row("export", f"{result.export_dir} (GGUF, Modelfile, export-report.json)")
     table.add_row("metrics", f"{result.run_dir / 'metrics.jsonl'}, {result.run_dir / 'loss.png'}")
-    if losses:
-        table.add_row("train loss", f"{losses[0]:.4f} → {losses[-1]:.4f}")
-    if evals:
-        table.add_row("eval loss", f"{evals[-1]:.4f}")
+    for label, text in signals.summary(result.stage, result.metrics):
+        table.add_row(label, text)
     end = next((m for m in reversed(result.metrics) if "mean_tokens_per_second" in m), None)
     if end:
         steady = f", {end['steady_tokens_per_second']:,.0f} after the first steps" if "steady_tokens_per_second" in end else ""
@@ -197,6 +205,8 @@ def _print_result(result) -> None:
     table.add_row("time", f"{result.seconds:.0f} s")
     console.print("[bold green]done[/]")
     console.print(table)
+    for warning in signals.warnings(result.stage, result.metrics):
+        console.print(f"[yellow]warning[/] {escape(warning)}", highlight=False)
     if result.sample_reply is not None:
         console.print("[bold]sample[/] (greedy, from the finetuned model)")
         console.print(f"  user      : {result.sample_prompt}", markup=False)
@@ -207,42 +217,53 @@ def _print_result(result) -> None:
         console.print(f"chat with it: ftcli chat {result.gguf_path}", markup=False)
 
 
-def _progress_info(logs: dict) -> str:
-    """loss, then what the throughput callback measured: steps and real tokens per second."""
-    parts = [f"loss {logs['loss']:.4f}"]
-    if logs.get("seconds_per_step"):
-        parts.append(f"{1 / logs['seconds_per_step']:.2f} it/s")
+def _progress_info(stage: str, logs: dict) -> str:
+    """The stage's key figures (loss; reward for GRPO; accuracy and margin for DPO) and real tokens per second."""
+    from ftcli.runner import signals
+
+    parts = signals.live(stage, logs)
     if logs.get("tokens_per_second"):
         parts.append(f"{logs['tokens_per_second']:,.0f} tok/s")
     return " · ".join(parts)
 
 
 class _progress:
-    """A rich progress bar fed by Trainer callbacks (rank 0 only)."""
+    """A rich progress bar fed by Trainer callbacks (rank 0 only): steps, elapsed time, it/s (measured here, on
+    every run), the time left, and the stage's key figures from the last log."""
+
+    def __init__(self, stage: str = "sft"):
+        self.stage = stage
 
     def __enter__(self):
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
         from transformers import TrainerCallback
 
-        bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console,
-                       transient=False)
-        state = {"task": None}
+        bar = Progress(TextColumn("training"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.fields[rate]}"), TextColumn("eta"), TimeRemainingColumn(),
+                       TextColumn("{task.fields[info]}"), console=console, transient=False)
+        state = {"task": None, "start": None}
+        stage = self.stage
 
         class Callback(TrainerCallback):
             def on_train_begin(self, args, s, control, **kw):
                 if s.is_world_process_zero:
                     bar.start()
-                    state["task"] = bar.add_task("train", total=s.max_steps, info="")
+                    state["task"] = bar.add_task("train", total=s.max_steps, info="", rate="")
+                    state["start"] = (time.perf_counter(), s.global_step)  # a resumed run counts from here
 
             def on_step_end(self, args, s, control, **kw):
                 if state["task"] is not None:
-                    bar.update(state["task"], completed=s.global_step)
+                    seconds, steps = time.perf_counter() - state["start"][0], s.global_step - state["start"][1]
+                    rate = steps / seconds if seconds > 0 else 0.0
+                    bar.update(state["task"], completed=s.global_step,
+                               rate=f"{rate:.2f} it/s" if rate >= 0.1 else f"{1 / rate:.1f} s/it" if rate else "")
 
             def on_log(self, args, s, control, logs=None, **kw):
-                if state["task"] is not None and logs and "loss" in logs:
-                    bar.update(state["task"], info=_progress_info(logs))
+                if state["task"] is not None and logs and "train_runtime" not in logs:
+                    info = _progress_info(stage, logs)
+                    if info:
+                        bar.update(state["task"], info=info)
 
             def on_train_end(self, args, s, control, **kw):
                 bar.stop()

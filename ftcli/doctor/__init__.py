@@ -108,6 +108,11 @@ def diagnose(target: str, *, fix_dir: str | None = None, overrides=()) -> Report
     return report
 
 
+# Findings that are real for other pipelines but cannot change what `ftcli train` does (it encodes chats
+# without special tokens): summarised in one line at the start of a run, shown in full by `ftcli doctor`.
+TRAINING_UNAFFECTED = ("double-bos",)
+
+
 def run_for_training(model, tokenizer, template, recipe, log: Callable[[str], None] = lambda _: None):
     """The doctor at the start of `ftcli train` (model.doctor: fix | warn | off).
 
@@ -129,12 +134,19 @@ def run_for_training(model, tokenizer, template, recipe, log: Callable[[str], No
             f.data["fixed"] = f.check in applied and f.check not in still
         before = {f.check for f in findings}
         findings += [f for f in after if f.check not in before]  # anything a fix brought up
+    aside = []
     for f in findings:
         f.data.setdefault("fixed", False)
         if f.severity == "info" and not f.data["fixed"]:
             continue
+        if f.check in TRAINING_UNAFFECTED and f.severity == "warning" and not f.data["fixed"]:
+            aside.append(f.check)
+            continue
         state = "fixed" if f.data["fixed"] else f.severity
         log(f"doctor ({state}) {f.check}: {f.message}")
+    if aside:  # true, but not this command's concern: one line, and where to read more
+        log(f"doctor: {len(aside)} finding(s) that do not affect training ({', '.join(aside)}); "
+            "details: ftcli doctor RUN_DIR")
     blocking = [f for f in findings if f.severity == "error" and not f.data["fixed"]]
     if blocking and mode == "fix":
         raise DoctorFailed(

@@ -13,7 +13,7 @@ from ftcli.doctor import weights as weights_mod
 from ftcli.doctor.readers import pick_template, read_json, template_variants, token_str
 from ftcli.doctor.subject import Subject
 from ftcli.errors import BadInput
-from ftcli.models import builtin, pretrained
+from ftcli.models import builtin, offline, pretrained
 
 HUB_PATTERNS = ["*.json", "*.jinja", "tokenizer.model"]
 
@@ -259,6 +259,9 @@ def _is_gguf(path: Path) -> bool:
 
 
 def _download(repo_id: str) -> Path:
+    cached = offline.local_or_fail(repo_id, what="doctor")
+    if cached is not None:
+        return Path(cached)
     try:
         from huggingface_hub import snapshot_download
 

@@ -9,6 +9,17 @@ import json
 from ftcli.export.source import Source
 
 REPORT = "export-report.json"
+# A GGUF's verdict from its logits against the HF model's on the same tokens (docs/export.md, "Verdicts"):
+# the first row whose top-1 agreement is at least and whose mean KL is at most the given values.
+VERDICTS = ((0.9, 0.05, "fine"), (0.6, 0.5, "degraded"))
+
+
+def verdict(parity: dict | None) -> str | None:
+    """fine, degraded or broken; None when the file was not checked."""
+    top1, kl = (parity or {}).get("top1_agreement"), (parity or {}).get("kl_mean")
+    if top1 is None or kl is None:
+        return None
+    return next((word for min_top1, max_kl, word in VERDICTS if top1 >= min_top1 and kl <= max_kl), "broken")
 
 
 def new_report(src: Source) -> dict:
@@ -31,7 +42,7 @@ def report_summary(report: dict) -> list[dict]:
         rows.append({"file": entry["file"], "bytes": entry.get("bytes"), "kept": entry.get("kept", True),
                      "max_abs_diff": p.get("max_abs_diff"), "nmse": p.get("nmse"),
                      "top1": p.get("top1_agreement"), "kl": p.get("kl_mean"),
-                     "fallbacks": len(entry.get("fallbacks") or [])})
+                     "fallbacks": len(entry.get("fallbacks") or []), "verdict": verdict(p)})
     return rows
 
 

@@ -4,9 +4,9 @@
       -> model-<base>.gguf (our writer) -> model-<quant>.gguf (llama.cpp quantiser)
       -> logits + tokenisation parity against the HF model -> Modelfile -> export-report.json
 
-Everything is written into a temp folder beside the output folder and renamed into place
-when complete; an existing export is replaced only with `overwrite`. Nothing here prints:
-progress goes to the `log` callable.
+Everything is written into a temp folder beside the output folder and moved into place when
+complete. Exports are additive (additive.py): files already in the folder are kept, and only a file of
+the same name needs `overwrite`. Nothing here prints: progress goes to the `log` callable.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Callable
 
 from ftcli.errors import BadInput, MissingPackage
-from ftcli.export import ollama
+from ftcli.export import additive, ollama
 from ftcli.export import quantize as q
 from ftcli.export.options import ExportOptions, disk_check, plan_formats
 from ftcli.export.report import REPORT, new_report, report_text
 from ftcli.export.report import report_summary  # noqa: F401 (re-exported: ftcli.cli.cmd_export imports it from here)
 from ftcli.export.source import Source, hf_model_folder, resolve_source, run_template
 from ftcli.export.vocab import adds_special
-from ftcli.files import atomic_dir
+from ftcli.files import staged_into
 
 
 def export(target: Path, opts: ExportOptions, log: Callable[[str], None] = lambda _: None) -> dict:
@@ -37,27 +37,28 @@ def export(target: Path, opts: ExportOptions, log: Callable[[str], None] = lambd
         from ftcli.export import gguf_files  # lazy: it loads numpy
 
         return gguf_files.verify_existing(src, out, opts, log)
-    _check_request(src, opts, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_request(src, opts)
+    opts = additive.plan(out, opts)
 
     started = time.time()
     base = next((b for b in ("f16", "bf16", "f32") if b in opts.gguf), "f16")
     report = new_report(src)
-    with atomic_dir(out) as tmp:
-        tmp.chmod(0o755)
+    with staged_into(out) as tmp:
         _write_model_files(src, opts, tmp, out, base, report, log)
         if opts.adapter:
             _link_or_copy(src.adapter_dir, tmp / "adapter")
             report["files"].append({"file": "adapter/", "format": "peft-adapter"})
         report["seconds"] = round(time.time() - started, 1)
+        written = sorted(p.name for p in tmp.iterdir())
+        report = additive.merge_reports(additive.previous_report(out), report, out, written)
         (tmp / REPORT).write_text(report_text(report), encoding="utf-8")
     report["out_dir"] = str(out)
     return report
 
 
-def _check_request(src: Source, opts: ExportOptions, out: Path) -> None:
+def _check_request(src: Source, opts: ExportOptions) -> None:
     """Refuse, before anything is written, what cannot be done: missing packages, no adapter, nothing asked
-    for, an export already there."""
+    for."""
     if opts.gguf:
         q.require_llama_cpp()
         _require_gguf("GGUF export")
@@ -67,8 +68,6 @@ def _check_request(src: Source, opts: ExportOptions, out: Path) -> None:
         q.require_llama_cpp()
     if not (opts.safetensors or opts.gguf or opts.adapter or opts.adapter_gguf):
         raise BadInput("nothing to export", hint="pass --safetensors, --gguf q8_0[,q4_k_m...], --ollama or --adapter")
-    if out.exists() and any(out.iterdir()) and not opts.overwrite:
-        raise BadInput(f"{out} already holds an export", hint="pass --overwrite to replace it, or --out DIR")
 
 
 def _require_gguf(what: str) -> None:

@@ -8,19 +8,22 @@ from pathlib import Path
 import torch
 
 from ftcli.errors import BadInput, MissingPackage
-from ftcli.models import builtin, hf_compat
+from ftcli.models import builtin, hf_compat, offline
 from ftcli.recipe import ModelSection
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
 def resolve_name(name: str) -> str:
-    """A builtin name becomes its cached folder; anything else is passed to from_pretrained as is."""
+    """A builtin name becomes its cached folder; a hub id while offline its cached copy (or a clear BadInput at
+    once, not half a minute of retries); anything else is passed to from_pretrained as is."""
     if builtin.is_builtin(name):
         try:
             return str(builtin.builtin_path(name))
         except builtin.BuiltinError as err:
             raise BadInput(str(err)) from None
+    if offline.looks_like_hub_id(name):
+        return offline.local_or_fail(name) or name
     return name
 
 
@@ -56,8 +59,9 @@ def load_tokenizer(section: ModelSection):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=section.trust_remote_code)
     except OSError as err:
         raise BadInput(f"model.name {section.name!r}: could not load a tokenizer ({str(err).splitlines()[0]})",
-                       hint="use a Hugging Face id, a local model folder, or builtin:tiny-llama3 "
-                            "(builtin:tiny-gemma3, tiny-qwen3, tiny-phi3, tiny-mistral)") from None
+                       hint="use a Hugging Face id, a local model folder, or a builtin such as "
+                            f"{offline.builtin_for(section.name)} (builtin:tiny-llama3, tiny-gemma3, tiny-qwen3, "
+                            "tiny-phi3, tiny-mistral)") from None
     if tokenizer.pad_token is None:
         # Padding positions never enter the loss, but the pad id must exist to batch at all.
         tokenizer.pad_token = tokenizer.eos_token
@@ -72,7 +76,8 @@ def load_config(section: ModelSection):
         return AutoConfig.from_pretrained(resolve_name(section.name), trust_remote_code=section.trust_remote_code)
     except (OSError, ValueError) as err:
         raise BadInput(f"model.name {section.name!r}: {str(err).splitlines()[0]}",
-                       hint="check the id or folder; offline, use builtin:tiny-llama3 or a local folder") from None
+                       hint=f"check the id or folder; offline, use {offline.builtin_for(section.name)} or a local "
+                            "folder") from None
 
 
 def load(section: ModelSection, config=None):

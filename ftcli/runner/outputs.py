@@ -3,6 +3,7 @@ the trained model and from its GGUF, summary.json, and the manifest's final stat
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,13 @@ from ftcli.files import atomic_dir
 from ftcli.models import pretrained
 from ftcli.models.generate import reply
 from ftcli.recipe import Recipe
-from ftcli.runner import rundir
+from ftcli.runner import plots, rundir
 
 
 @dataclass
 class RunResult:
     run_dir: Path
+    stage: str = "sft"
     adapter_dir: Path | None = None
     model_dir: Path | None = None
     merged_dir: Path | None = None
@@ -44,7 +46,7 @@ def save(recipe: Recipe, model, tokenizer, template, result: RunResult, state_di
          sharded: bool, log) -> None:
     """Rank 0, after training: the weights and exports, loss.png, and the sample replies."""
     save_weights(recipe, model, tokenizer, template, result, state_dict)
-    rundir.plot_losses(result.metrics, result.run_dir / "loss.png")
+    plots.plot_run(result.metrics, result.run_dir / "loss.png", stage=result.stage, title=result.run_dir.name)
     conversation = sample_conversation(sample_rows)
     if not conversation:
         return
@@ -110,6 +112,8 @@ def finish_manifest(manifest: rundir.Manifest, result: RunResult) -> None:
     if torch.cuda.is_available():  # measured against the pre-flight estimate in docs/benchmarks.md
         manifest.facts["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / memory.GiB, 2)
     manifest.write()
+    with contextlib.suppress(OSError):  # a run that saved no checkpoint leaves no empty checkpoints/ behind
+        (result.run_dir / "checkpoints").rmdir()
     (result.run_dir / "summary.json").write_text(json.dumps({
         "data": result.data_report, "sample_prompt": result.sample_prompt, "sample_reply": result.sample_reply,
         "gguf": str(result.gguf_path) if result.gguf_path else None, "gguf_reply": result.gguf_reply,

@@ -1,5 +1,5 @@
-"""The run directory: opening it (new, resumed or replaced), the manifest (recipe.resolved.yaml), metrics.jsonl
-and loss.png."""
+"""The run directory: opening it (new, resumed or replaced), the manifest (recipe.resolved.yaml) and
+metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ftcli.engine import distributed
 from ftcli.errors import BadInput
 from ftcli.recipe import to_yaml
 from ftcli.runner import checkpoints, replace, resume_check
+from ftcli.runner.catalog import read_metrics  # noqa: F401 (re-exported: train.py reads metrics.jsonl here)
 
 PACKAGES = ("ftcli", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "tokenizers",
             "bitsandbytes", "triton")
@@ -85,39 +86,6 @@ class MetricsFile(TrainerCallback):
         record = {"step": state.global_step, "epoch": state.epoch, **logs}
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def plot_losses(metrics: list[dict], out: Path) -> Path | None:
-    """loss.png: train loss per step, eval loss where measured."""
-    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
-    evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
-    if not train and not evals:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
 
 
 def open_run_dir(recipe, *, overwrite: bool, dry_run: bool, resume: bool, allow_changes: bool = False,

@@ -29,6 +29,7 @@ from ftcli.recipe import Recipe
 from ftcli.runner import checkpoints, outcome, outputs, replace, rundir
 from ftcli.runner.outputs import RunResult
 from ftcli.runner.throughput import Throughput
+from ftcli.runner.watch import LearningWatch
 from ftcli.stages import guards, trainer_args
 from ftcli.stages.base import Stage, TrainerSetup
 
@@ -84,7 +85,7 @@ def run(recipe: Recipe, *, overwrite: bool = False, dry_run: bool = False, resum
 
 def _run(recipe: Recipe, run_dir: Path, checkpoint: Path | None, manifest: rundir.Manifest, started: float,
          dry_run: bool, log, callbacks) -> RunResult:
-    result = RunResult(run_dir=run_dir)
+    result = RunResult(run_dir=run_dir, stage=recipe.train.stage)
     loaded = load(recipe, manifest, result, log)
     if dry_run:
         result.seconds = time.time() - started
@@ -168,7 +169,8 @@ def build_trainer(recipe: Recipe, loaded: Loaded, run_dir: Path, manifest: rundi
                                    lora.trainable_parameters(loaded.model)[0])
     step_callbacks = [Throughput(flops), rundir.MetricsFile(run_dir / "metrics.jsonl"),  # Throughput first: it adds
                       checkpoints.MarkComplete(run_dir), guards.KillAfterSave(),    # to the dict the others log
-                      guards.GradNormGuard(), replace.DiscardReplaced(run_dir), *(callbacks or [])]
+                      guards.GradNormGuard(), replace.DiscardReplaced(run_dir), LearningWatch(recipe.train.stage, log),
+                      *(callbacks or [])]
     setup = TrainerSetup(
         recipe=recipe, model=loaded.model, tokenizer=loaded.tokenizer, template=loaded.template,
         train_set=loaded.train_set, eval_set=loaded.eval_set, checkpoints_dir=str(run_dir / "checkpoints"),

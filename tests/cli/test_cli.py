@@ -20,7 +20,9 @@ def test_version_and_help(tmp_path):
     out = ftcli("--help", cwd=tmp_path)
     assert out.returncode == 0 and "train" in out.stdout and "validate" in out.stdout
     out = ftcli("train", "--help", cwd=tmp_path)
-    assert out.returncode == 0 and "--set" in out.stdout and "--dry-run" in out.stdout
+    assert out.returncode == 0 and "--set KEY=VALUE" in out.stdout and "--dry-run" in out.stdout
+    assert "<bool>" not in out.stdout and "list[str]" not in out.stdout  # flags show as flags
+    assert max(len(line) for line in out.stdout.splitlines()) <= 80
 
 
 def test_validate_prints_the_resolved_recipe(tmp_path):
@@ -59,8 +61,33 @@ def test_missing_recipe_and_unknown_model_exit_2(tmp_path):
     assert out.returncode == 2 and "tiny-llama3" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_dry_run_trains_nothing(tmp_path):
+@pytest.mark.parametrize("flag", [["--dry-run"], ["--dry-run", "true"], ["--dry-run=yes"]])
+def test_dry_run_trains_nothing(tmp_path, flag):
     path = write_recipe(tmp_path / "r.yaml")
-    out = ftcli("train", path, "--dry-run", cwd=tmp_path)
+    out = ftcli("train", path, *flag, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "dry run ok" in out.stdout and not (tmp_path / "run").exists()
+
+
+def test_flag_words_fold_into_the_flag():
+    import typer
+
+    from ftcli.cli import app
+    from ftcli.cli.flags import normalise
+
+    root = typer.main.get_command(app)
+    assert normalise(["train", "r.yaml", "--dry-run", "false", "--overwrite", "TRUE"], root) == \
+        ["train", "r.yaml", "--overwrite"]
+    # a value that is not a boolean word, and a word after a non-flag option, stay as typed
+    assert normalise(["train", "--set", "true", "--dry-run", "r.yaml"], root) == \
+        ["train", "--set", "true", "--dry-run", "r.yaml"]
+
+
+def test_validate_shows_the_memory_estimate_only_on_a_gpu_or_when_asked(tmp_path):
+    import torch
+
+    path = write_recipe(tmp_path / "r.yaml")
+    plain = ftcli("validate", path, cwd=tmp_path)
+    assert plain.returncode == 0 and ("estimated peak GPU memory" in plain.stdout) == torch.cuda.is_available()
+    asked = ftcli("validate", path, "--memory", cwd=tmp_path)
+    assert asked.returncode == 0 and "estimated peak GPU memory" in asked.stdout

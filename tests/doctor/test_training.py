@@ -189,3 +189,13 @@ def test_ftcli_train_runs_the_doctor_and_the_fixes_reach_the_run_dir(tmp_path):
         found = doctor.diagnose(str(gguf_file)).findings
         assert "template-header-every-turn" not in ids(found) and not [f for f in found if f.severity == "error"]
         assert (result.run_dir / "export" / "Modelfile").is_file()
+
+
+def test_findings_that_cannot_affect_training_are_one_line_naming_ftcli_doctor():
+    model, tok, template = live("tiny-llama3")  # its release layout has the double-bos warning
+    logged = []
+    _, _, findings = doctor.run_for_training(model, tok, template, recipe(), logged.append)
+    assert "double-bos" in ids(findings)  # still found and recorded in the manifest's facts
+    assert not any(line.startswith("doctor (warning) double-bos") for line in logged), logged
+    aside = [line for line in logged if "do not affect training" in line]
+    assert len(aside) == 1 and "(double-bos)" in aside[0] and "ftcli doctor" in aside[0]

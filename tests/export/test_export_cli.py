@@ -62,12 +62,13 @@ def test_exporting_twice_needs_overwrite_and_verify_only_rechecks(exported, lora
     assert "verified" in json.loads((out / "export-report.json").read_text())
 
 
-def test_overwrite_replaces_the_export(tmp_path):
+def test_a_second_export_adds_its_files_and_keeps_the_others(tmp_path):
     run = make_lora_run(tmp_path / "run", "tiny-qwen3", seed=3)
     assert invoke("export", run, "--gguf", "q8_0", "--no-verify").exit_code == 0
     result = invoke("export", run, "--gguf", "f16", "--overwrite", "--no-verify")
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (run / "export").iterdir()) == ["export-report.json", "model-f16.gguf"]
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["export-report.json", "model-f16.gguf",
+                                                                  "model-q8_0.gguf"]
 
 
 def test_chat_answers_from_the_gguf_and_from_the_run(exported, lora_run):

@@ -7,7 +7,7 @@ Placeholders in `args` and `names`: {recipe} {data} {prev} {tmp} {template}.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 

@@ -141,3 +141,22 @@ def test_quickstart_learns_the_answer_format_and_runs_twice(tmp_path):
     assert re.fullmatch(r"ANSWER: \d+", summary["gguf_reply"].strip()), summary["gguf_reply"]
     assert (runs[-1] / "export" / "Modelfile").exists()
     assert "sample" in out.stdout and str(runs[-1].relative_to(work)) in out.stdout
+    # The README's "What a run writes" names everything the quickstart leaves, and it leaves no empty folder.
+    written = {p.name for p in runs[-1].iterdir()}
+    assert written <= readme_run_entries() and "checkpoints" not in written, written - readme_run_entries()
+    assert all(any(p.iterdir()) for p in runs[-1].iterdir() if p.is_dir())
+    for line in ("sample (greedy, from the finetuned model)", "the same from the GGUF (llama.cpp, model-f16.gguf)",
+                 f"chat with it: ftcli chat {runs[-1].relative_to(work)}/export/model-f16.gguf"):
+        assert line in out.stdout, line  # the README's quickstart output, line for line
+
+
+def readme_run_entries() -> set[str]:
+    """The entries of the README's "What a run writes" block."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## What a run writes\n\n```\n(.*?)```", text, re.S).group(1)
+    return {m.group(1).rstrip("/") for m in re.finditer(r"^  (\S+)", block, re.M)}
+
+
+def test_the_readme_lists_what_a_run_writes():
+    assert {"recipe.resolved.yaml", "adapter", "merged", "export", "metrics.jsonl", "loss.png", "logs",
+            "summary.json", "checkpoints"} <= readme_run_entries()
