@@ -49,17 +49,17 @@ def load_rows(spec: str, run_root: Path | None, tokenizer, template, calibration
         records, source = _file_records(Path(spec)), str(spec)
     texts = [t for t in (_text_of(r, template, tokenizer) for r in records) if t]
     random.Random(0).shuffle(texts)
+    encoded = [ids for ids in (list(tokenizer(t)["input_ids"])[:MAX_ROW_TOKENS] for t in texts) if len(ids) >= 2]
+    # a quarter of the text at most is held out, so a small file still leaves most of it for calibration
+    heldout_tokens = min(heldout_tokens, sum(len(ids) for ids in encoded) // 4)
     rows = Rows(source=source)
     budget, target = heldout_tokens, rows.heldout
-    for text in texts:
-        ids = list(tokenizer(text)["input_ids"])[:MAX_ROW_TOKENS]
-        if len(ids) < 2:
-            continue
+    for ids in encoded:
         if budget <= 0 and target is rows.heldout:
             budget, target = calibration_tokens, rows.calibration
         if budget <= 0:
             break
-        target.append(ids[:budget] if budget >= 2 else ids[:2])
+        target.append(ids[:max(2, budget)])
         budget -= len(target[-1])
     if not rows.calibration or not rows.heldout:
         raise BadInput(f"{source}: too little text for calibration ({len(texts)} usable rows, "

@@ -75,7 +75,7 @@ def compute(model_dir: Path, rows: list[list[int]], source: str = "", progress=N
         handles.append(model.get_submodule(module_name).register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
-            for ids in _progress(rows, "imatrix", progress):
+            for ids in progress_iter(rows, "imatrix", progress):
                 model(torch.tensor([ids]))
     finally:
         for h in handles:
@@ -85,7 +85,7 @@ def compute(model_dir: Path, rows: list[list[int]], source: str = "", progress=N
     return result
 
 
-def _progress(rows, what: str, progress):
+def progress_iter(rows, what: str, progress):
     """Iterate `rows` with a progress bar (tqdm on stderr) unless a `progress` callable is given."""
     if progress is not None:
         for i, row in enumerate(rows):

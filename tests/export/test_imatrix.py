@@ -9,10 +9,8 @@ gguf = pytest.importorskip("gguf")
 
 from ftcli.errors import BadInput  # noqa: E402
 from ftcli.export import calibration, imatrix  # noqa: E402
+from helpers.exports import SAMPLE_TEXTS as TEXTS  # noqa: E402
 from helpers.exports import builtin_dir, template_of  # noqa: E402
-
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "Question: What is 12 plus 7? Answer: 19.",
-         "def add(a, b):\n    return a + b\n", "Paris is in France, Berlin is in Germany."]
 
 
 @pytest.mark.parametrize("name", ["tiny-llama3", "tiny-phi3"])

@@ -131,3 +131,7 @@ def wide_llama(out: Path, tied: bool = False, layers: int = 4, seed: int = 0) ->
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+SAMPLE_TEXTS = ["The quick brown fox jumps over the lazy dog.", "Question: What is 12 plus 7? Answer: 19.",
+                "def add(a, b):\n    return a + b\n", "Paris is in France, Berlin is in Germany."]
