@@ -59,7 +59,7 @@ def measure(model_dir: Path, base: quant_plan.BaseFile, rows: list[list[int]], l
     with torch.no_grad():
         ref = [torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1) for ids in rows]
         kl, error = {}, {}
-        for name in progress_iter(names, f"sensitivity ({low})", progress):
+        for name in progress_iter(names, f"sensitivity ({low})", progress, unit="tensor"):
             param = params[name]
             w = param.data.clone()
             weights = None if imatrix is None else imatrix.get(name)

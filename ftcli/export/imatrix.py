@@ -85,7 +85,7 @@ def compute(model_dir: Path, rows: list[list[int]], source: str = "", progress=N
     return result
 
 
-def progress_iter(rows, what: str, progress):
+def progress_iter(rows, what: str, progress, unit: str = "row"):
     """Iterate `rows` with a progress bar (tqdm on stderr) unless a `progress` callable is given."""
     if progress is not None:
         for i, row in enumerate(rows):
@@ -95,7 +95,7 @@ def progress_iter(rows, what: str, progress):
         return
     from tqdm.auto import tqdm
 
-    yield from tqdm(rows, desc=what, unit="row", leave=False)
+    yield from tqdm(rows, desc=what, unit=unit, leave=False)
 
 
 def save(imatrix: Imatrix, path: Path) -> Path:
