@@ -29,7 +29,8 @@ import numpy as np
 # preset -> (llama_ftype written to general.file_type, default ggml type of the matrices)
 FTYPES = {"q8_0": (7, "Q8_0"), "q6_k": (18, "Q6_K"), "q5_k_m": (17, "Q5_K"), "q4_k_m": (15, "Q4_K"),
           "q4_0": (2, "Q4_0"), "q3_k_m": (12, "Q3_K"), "q2_k": (10, "Q2_K")}
-_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "Q2_K": "Q4_0", "Q3_K": "Q4_0"}
+_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "Q2_K": "Q4_0", "Q3_K": "Q4_0",
+             "Q4_0": "F16", "Q4_1": "F16", "Q5_0": "F16", "Q5_1": "F16", "Q8_0": "F16"}
 
 
 @dataclass

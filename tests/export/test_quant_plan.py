@@ -75,3 +75,15 @@ def test_imatrix_changes_the_quantised_bytes(base):
     got = {t.name: t for t in gguf.GGUFReader(str(weighted.path)).tensors}["blk.0.attn_q.weight"]
     expected = ggml.quantize_rows(np.asarray(src.data, dtype=np.float32), "Q4_K", imatrix["blk.0.attn_q.weight"])
     assert np.array_equal(expected, np.asarray(got.data).ravel())
+
+
+@pytest.mark.parametrize("name", ["tiny-gemma3", "tiny-phi3", "tiny-qwen3"])
+def test_byte_identical_on_the_builtins_with_their_narrow_rows(tmp_path, name):
+    """Rows of 72-192 values: llama.cpp's shape fallbacks (Q5_0, Q8_0, F16) and phi3's fused attn_qkv follow the plan."""
+    from helpers.exports import builtin_dir
+
+    base = writer.write_gguf(builtin_dir(name), tmp_path / "f16.gguf", "f16").path
+    for preset in ("q4_k_m", "q8_0"):
+        ours = quantize.quantize(base, tmp_path / f"ours-{preset}.gguf", preset)
+        ref = _llama_cpp_default(base, tmp_path / f"ref-{preset}.gguf", preset)
+        assert filecmp.cmp(ours.path, ref, shallow=False), (name, preset)
