@@ -100,3 +100,20 @@ def test_dynamic_presets_need_calibration_rows(tmp_path):
     result = CliRunner().invoke(app, ["export", str(model), "--gguf", "f16", "--imatrix", "auto", "--out",
                                       str(tmp_path / "o2")])
     assert result.exit_code == 2 and "none is asked for" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny-llama3", "tiny-gemma3", "tiny-qwen3", "tiny-phi3", "tiny-mistral"])
+def test_dynamic_q4_exports_every_family(tmp_path, name):
+    from helpers.exports import builtin_dir
+
+    data = tmp_path / "cal.jsonl"
+    data.write_text("".join(json.dumps({"text": f"{i}: {t}"}) + "\n" for i in range(12) for t in SAMPLE_TEXTS))
+    out = tmp_path / "export"
+    result = CliRunner().invoke(app, ["export", str(builtin_dir(name)), "--gguf", "dynamic-q4", "--imatrix", str(data),
+                                      "--calibration-tokens", "256", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    entry = {f["quant"]: f for f in json.loads((out / "export-report.json").read_text())["files"]}["dynamic-q4"]
+    section = entry["dynamic"]
+    assert entry["bytes"] == section["planned_bytes"] <= section["budget_bytes"]
+    assert entry["parity"]["top1_agreement"] > 0.3 and entry["quality"]["kld_mean"] > 0

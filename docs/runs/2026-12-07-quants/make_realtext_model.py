@@ -69,9 +69,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--tokenizer", type=Path, default=HERE / "tokenizer")
     ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--seconds", type=float, default=270.0, help="stop early past this much training time")
+    ap.add_argument("--seconds", type=float, default=240.0, help="stop early past this much training time")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--max-files", type=int, default=0, help="smoke test: use only this many files")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     random.seed(0)
@@ -80,6 +81,9 @@ def main() -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer))
     files = stdlib_texts()
+    if args.max_files:
+        files = files[: args.max_files]
+    device = "cuda" if torch.cuda.is_available() else "cpu"   # cpu: only for a smoke test of the script
     order = list(range(len(files)))
     random.Random(0).shuffle(order)
     n_held = max(20, len(files) // 20)
@@ -91,8 +95,8 @@ def main() -> None:
                 f.write(json.dumps({"text": row, "file": rel}) + "\n")
 
     ids: list[int] = []
-    for _, text in train:
-        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+    for row in tokenizer([text for _, text in train], add_special_tokens=False)["input_ids"]:  # batched: parallel
+        ids.extend(row)
         ids.append(tokenizer.eos_token_id)
     data = torch.tensor(ids, dtype=torch.long)
     print(f"{len(train)} training files, {len(held)} held out; {len(data) / 1e6:.1f}M training tokens; "
@@ -103,10 +107,10 @@ def main() -> None:
         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048, rope_theta=10000.0,
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
-    model = transformers.LlamaForCausalLM(config).cuda()
+    model = transformers.LlamaForCausalLM(config).to(device)
     model.config.use_cache = False
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters", flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=device == "cuda")
     warmup = 100
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / args.steps))))
@@ -115,8 +119,8 @@ def main() -> None:
     model.train()
     for step in range(1, args.steps + 1):
         starts = torch.randint(0, len(data) - args.seq - 1, (args.batch,), generator=gen)
-        batch = torch.stack([data[s:s + args.seq + 1] for s in starts]).cuda(non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        batch = torch.stack([data[s:s + args.seq + 1] for s in starts]).to(device)
+        with torch.autocast(device, dtype=torch.bfloat16):
             loss = model(input_ids=batch[:, :-1], labels=batch[:, :-1].contiguous()).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -134,14 +138,14 @@ def main() -> None:
     for _, text in held[:40]:
         held_ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
     with torch.no_grad():
-        seqs = torch.tensor(held_ids[: (len(held_ids) // args.seq) * args.seq][: 64 * args.seq]).view(-1, args.seq).cuda()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        seqs = torch.tensor(held_ids[: (len(held_ids) // args.seq) * args.seq][: 64 * args.seq]).view(-1, args.seq).to(device)
+        with torch.autocast(device, dtype=torch.bfloat16):
             held_loss = sum(model(input_ids=s[None], labels=s[None]).loss.item() for s in seqs) / len(seqs)
     summary = {"steps": step, "train_loss": round(loss.item(), 4), "heldout_loss": round(held_loss, 4),
                "heldout_ppl": round(math.exp(held_loss), 2), "train_seconds": round(time.time() - t0, 1),
                "train_tokens": len(data), "seen_tokens": step * args.batch * args.seq,
                "params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__,
-               "transformers": transformers.__version__, "gpu": torch.cuda.get_device_name()}
+               "transformers": transformers.__version__, "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
     print(json.dumps(summary), flush=True)
     (args.out / "train-summary.json").write_text(json.dumps(summary, indent=2))
     model.to(torch.bfloat16).save_pretrained(args.out / "model", max_shard_size="200MB")

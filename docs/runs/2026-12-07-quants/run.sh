@@ -15,7 +15,7 @@ for f in tokenizer.json tokenizer_config.json; do
   done
 done
 work=$(mktemp -d)
-timeout 420 python3 $HERE/make_realtext_model.py --out "$work" 2>&1 | tee "$OUT/train.log"
+timeout 420 python3 $HERE/make_realtext_model.py --out "$work" --seconds "${TRAIN_SECONDS:-240}" 2>&1 | tee "$OUT/train.log"
 cp "$work/train-summary.json" "$work/heldout.jsonl.gz" "$work/model/config.json" "$OUT/"
 cp "$work/model/generation_config.json" "$OUT/" 2>/dev/null || true
 (cd "$work/model" && sha256sum model.safetensors > "$OUT/SHA256SUMS" && split -b 15M -d model.safetensors "$OUT/model.safetensors.part-")
