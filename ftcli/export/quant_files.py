@@ -42,15 +42,13 @@ def prepare(model_dir: Path, tmp: Path, base_path: Path, quants: list[str], imat
     spec = imatrix_spec or ("auto" if dynamic else None)
     try:
         rows = calibration.load_rows(spec or "auto", run_root, tokenizer, template, calibration_tokens)
-    except BadInput as err:
+    except Exception as err:  # noqa: BLE001 (the run's data may be gone or offline: only needed when asked for)
+        message = err.message if isinstance(err, BadInput) else f"{type(err).__name__}: {err}"
         if spec:
-            if dynamic and not imatrix_spec:
-                raise BadInput(f"{', '.join(dynamic)} measures each tensor's sensitivity on calibration rows: {err}",
-                               hint="export a run directory, or pass --imatrix FILE.jsonl (one {\"text\": ...} "
-                                    "per line)") from None
-            raise
+            hint = "export a run directory, or pass --imatrix FILE.jsonl (one {\"text\": ...} per line)"
+            raise BadInput(f"no calibration rows: {message}", hint=hint) from None
         rows = _sample_rows(tokenizer, template)
-        log(f"quality report on ftcli's sample texts: {err.message}")
+        log(f"quality report on ftcli's sample texts ({message})")
     shared = Shared(model_dir=model_dir, base=quant_plan.read_base(base_path), rows=rows)
     shared.report = {"source": rows.source, "heldout_rows": len(rows.heldout), "heldout_tokens": rows.heldout_tokens,
                      "calibration_rows": len(rows.calibration), "calibration_tokens": rows.calibration_tokens}

@@ -70,6 +70,11 @@ def _check_request(src: Source, opts: ExportOptions, out: Path) -> None:
     if opts.imatrix and not [x for x in opts.gguf if x not in q.BASE_TYPES]:
         raise BadInput("--imatrix calibrates quantised files, and none is asked for",
                        hint="add a quant type, e.g. --gguf q4_k_m --imatrix auto")
+    dynamic = [x for x in opts.gguf if x in q.DYNAMIC]
+    if dynamic and not opts.imatrix and src.kind != "run":
+        raise BadInput(f"{', '.join(dynamic)} measures each tensor's sensitivity on calibration rows, and "
+                       f"{src.root} is a model folder without a run's data",
+                       hint="pass --imatrix FILE.jsonl (one {\"text\": ...} per line), or export a run directory")
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise BadInput(f"{out} already holds an export", hint="pass --overwrite to replace it, or --out DIR")
 

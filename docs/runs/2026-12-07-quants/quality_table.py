@@ -1,6 +1,6 @@
 """CPU part of the quantisation-quality bar (#17): the quants of the real-text model and their quality table.
 
-    python docs/runs/2026-12-07-quants/quality_table.py GPU_OUT WORK
+    python docs/runs/2026-12-07-quants/quality_table.py GPU_OUT WORK [CALIBRATION_TOKENS]
 
 GPU_OUT holds what run.sh brought back (model.safetensors.part-*, SHA256SUMS, config.json,
 heldout.jsonl.gz). This rebuilds the model folder (tokenizer from the shared fixtures), makes a run
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[3]
 TOKENIZER = REPO.parent / "shared" / "fixtures" / "real-world" / "tokenizers" / "phi-3-mini-4k-instruct"
 
 
-def main(gpu_out: Path, work: Path) -> None:
+def main(gpu_out: Path, work: Path, calibration_tokens: int = 32768) -> None:
     run = work / "run"
     model = run / "model"
     model.mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,8 @@ def main(gpu_out: Path, work: Path) -> None:
         "model": {"name": str(model), "dtype": "bfloat16"}, "template": {"name": "auto"},
         "dataset": {"path": str(data), "format": "text", "eval_fraction": 0.0}, "train": {"seed": 0},
         "export": {"formats": [], "gguf_quant": []}, "_run": {"status": "done"}}))
-    ftcli = [sys.executable, "-m", "ftcli", "export", str(run), "--overwrite"]
+    ftcli = [sys.executable, "-m", "ftcli", "export", str(run), "--overwrite", "--calibration-tokens",
+             str(calibration_tokens)]
     subprocess.run(ftcli + ["--gguf", "f16,q4_k_m,dynamic-q4,dynamic-q2"], check=True)
     subprocess.run(ftcli + ["--gguf", "q4_k_m", "--imatrix", "auto", "--out", str(run / "export-imatrix")], check=True)
 
@@ -79,4 +80,4 @@ def main(gpu_out: Path, work: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *(int(a) for a in sys.argv[3:4]))
