@@ -46,6 +46,7 @@ def test_the_plan_stays_within_the_reference_size_and_upgrades_the_most_sensitiv
     assert set(plan) == set(sens.kl) and len(section["sensitivity"]) == len(plan)
 
 
+@pytest.mark.slow
 def test_sensitivity_is_measured_kl_and_grows_as_the_type_shrinks(base):
     from transformers import AutoTokenizer
 
@@ -61,6 +62,7 @@ def test_sensitivity_is_measured_kl_and_grows_as_the_type_shrinks(base):
         assert q4.error[name]["Q8_0"] < q4.error[name]["Q4_K"]
 
 
+@pytest.mark.slow
 def test_export_dynamic_q4_with_imatrix_auto_on_a_run(tmp_path):
     run = tmp_path / "run"
     model = wide_llama(run / "model", layers=2)
