@@ -12,7 +12,7 @@ from ftcli.cli.app import app, console, errors, fail
 from ftcli.errors import FtcliError
 
 
-_QUANTS = "f16, bf16, f32, q8_0, q6_k, q5_k_m, q4_k_m, q4_0"
+_QUANTS = "f16, bf16, f32, q8_0, q6_k, q5_k_m, q4_k_m, q4_0, q3_k_m, q2_k, dynamic-q4, dynamic-q3, dynamic-q2"
 
 
 @app.command("export")
@@ -31,6 +31,11 @@ def export_cmd(
                                             "(exports are additive: every other file is kept).")] = False,
     verify_only: Annotated[bool, typer.Option("--verify-only", help="Re-check the GGUF files of an existing export.")] = False,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the logits/tokenisation parity checks.")] = False,
+    imatrix: Annotated[Optional[str], typer.Option("--imatrix", metavar="auto|FILE.jsonl",
+                       help="Calibrate the quants with an importance matrix: auto = the run's eval (else training) "
+                            "rows; or a .jsonl of text. Saved as imatrix.gguf (llama.cpp's format).")] = None,
+    calibration_tokens: Annotated[int, typer.Option("--calibration-tokens", min=256,
+                                  help="Token budget of the calibration rows (imatrix, sensitivity).")] = 32768,
     system: Annotated[Optional[str], typer.Option("--system", help="SYSTEM prompt for the Modelfile (default: the recipe's dataset.system_prompt).")] = None,
 ) -> None:
     """Export a run: merged safetensors, GGUF (f16 … q4_k_m) and an Ollama Modelfile, each verified.
@@ -46,7 +51,8 @@ def export_cmd(
         opts = ExportOptions(safetensors=safetensors, gguf=quant.parse_quants(gguf) if gguf else [], ollama=ollama,
                              adapter=adapter, adapter_gguf=adapter_gguf, out_dir=out, overwrite=overwrite,
                              verify=not no_verify,
-                             verify_only=verify_only, system=system)
+                             verify_only=verify_only, system=system, imatrix=imatrix,
+                             calibration_tokens=calibration_tokens)
         report = export(target, opts, log=lambda msg: console.print(f"[dim]·[/] {msg}", highlight=False))
     except FtcliError as err:
         fail(err)
@@ -90,6 +96,7 @@ def _print_export(report: dict) -> None:
                   "KL ≤ 0.5), else broken (docs/export.md)[/]")
     if kept:
         console.print(f"kept from earlier exports: {', '.join(kept)}", markup=False)
+    _print_quality(report)
     tok = report.get("tokenization")
     if tok:
         bad = [s for s in tok["samples"] if not s["match"]]
@@ -105,6 +112,25 @@ def _print_export(report: dict) -> None:
         console.print(f"[yellow]note[/] {note}", highlight=False)
     if any(e.get("file") == "Modelfile" for e in report.get("files", [])):
         console.print(f"ollama: cd {report.get('out_dir')} && ollama create my-model -f Modelfile")
+
+
+def _print_quality(report: dict) -> None:
+    from ftcli.export.quality import table_rows
+
+    figures = {e["quant"]: e["quality"] for e in report.get("files", []) if e.get("quality")}
+    if not figures:
+        return
+    rows = table_rows(figures)
+    table = Table(box=None, padding=(0, 1), title="quality vs the 16-bit file on held-out rows", title_justify="left")
+    for column in rows[0]:
+        table.add_column(column, no_wrap=True)
+    for row in rows[1:]:
+        table.add_row(*row)
+    console.print(table)
+    cal = report.get("calibration") or {}
+    console.print(f"[dim]held-out: {cal.get('heldout_tokens')} tokens of {cal.get('source')}"
+                  + (f"; imatrix on {cal.get('calibration_tokens')} other tokens" if cal.get("imatrix") else "")
+                  + f"; plot: {report.get('quality_plot')}[/]", highlight=False)
 
 
 @app.command("chat")

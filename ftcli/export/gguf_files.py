@@ -58,9 +58,12 @@ def write_lora(src: Source, tmp: Path, template, log, get_ref) -> dict:
 
 
 def write_ggufs(model_dir: Path, tmp: Path, base: str, opts: ExportOptions, template, name: str, log,
-                get_ref) -> dict:
-    """model-<base>.gguf from the weights, every other quant from it, each checked when `get_ref` is given;
-    the base file is removed again when it was not asked for."""
+                get_ref, run_root: Path | None = None) -> dict:
+    """model-<base>.gguf from the weights, every other quant from it (with the shared calibration: imatrix,
+    sensitivities), each checked when `get_ref` is given, then the quality report over all quants; the base
+    file is removed again when it was not asked for."""
+    from ftcli.export import quant_files
+
     base_path = tmp / f"model-{base}.gguf"
     log(f"writing {base_path.name}")
     info = write_gguf(model_dir, base_path, base, chat_template=template.source, end_of_turn=template.end_of_turn,
@@ -72,7 +75,18 @@ def write_ggufs(model_dir: Path, tmp: Path, base: str, opts: ExportOptions, temp
     if ref is not None:
         result["tokenization"] = verify.compare_tokenization(ref, base_path)
     quants = [base] + [x for x in opts.gguf if x != base]
-    files = [_quant_file(tmp, base_path, base, quant, ref, log) for quant in quants]
+    shared = None
+    if any(x not in q.BASE_TYPES for x in quants):
+        shared = quant_files.prepare(model_dir, tmp, base_path, quants, opts.imatrix, template, run_root, log,
+                                     opts.calibration_tokens)
+        result["calibration"] = shared.report
+    files = [_quant_file(tmp, base_path, base, quant, ref, log, shared, bool(opts.imatrix)) for quant in quants]
+    if shared is not None:
+        paths = {f["quant"]: tmp / f["file"] for f in files}
+        figures = quant_files.quality(shared, base_path, paths, tmp / quant_files.PLOT, log)
+        for f in files:
+            f["quality"] = figures[f["quant"]]
+        result["quality_plot"] = quant_files.PLOT
     if base not in opts.gguf:
         base_path.unlink()
         files[0]["kept"] = False
@@ -87,15 +101,24 @@ def write_ggufs(model_dir: Path, tmp: Path, base: str, opts: ExportOptions, temp
     return result
 
 
-def _quant_file(tmp: Path, base_path: Path, base: str, quant: str, ref, log) -> dict:
+def _quant_file(tmp: Path, base_path: Path, base: str, quant: str, ref, log, shared=None,
+                imatrix_asked: bool = False) -> dict:
     """The report entry of model-<quant>.gguf, quantised from the base file unless it is the base; the base
     must pass the parity gate."""
+    from ftcli.export import quant_files
+
     path = tmp / f"model-{quant}.gguf"
     entry: dict = {"file": path.name, "format": "gguf", "quant": quant}
     if quant != base:
-        log(f"quantising to {quant}")
-        qr = q.quantize(base_path, path, quant)
-        entry.update({"tensor_types": qr.tensor_types, "fallbacks": qr.fallbacks})
+        plan, fell, extra = (quant_files.plan_for(shared, quant, imatrix_asked, log) if shared is not None
+                             and quant not in q.BASE_TYPES else (None, [], {}))
+        weighted = shared is not None and shared.imatrix is not None and (imatrix_asked or quant in q.DYNAMIC)
+        log(f"quantising to {quant}" + (" with the importance matrix" if weighted else ""))
+        qr = q.quantize(base_path, path, quant, plan=plan, imatrix=shared.imatrix if weighted else None)
+        entry.update({"tensor_types": qr.tensor_types, "fallbacks": fell or qr.fallbacks, "imatrix": weighted,
+                      **extra})
+        if plan:
+            entry["tensor_plan"] = plan
     else:
         entry["tensor_types"] = q.tensor_types(path)
         entry["fallbacks"] = []

@@ -11,7 +11,8 @@ from ftcli.errors import BadInput
 from ftcli.export import quantize as q
 from ftcli.export.source import Source
 
-BITS = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q4_k_m": 4.9, "q4_0": 4.5}
+BITS = {"f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q4_k_m": 4.9, "q4_0": 4.5,
+        "q3_k_m": 3.9, "q2_k": 3.0, "dynamic-q4": 5.0, "dynamic-q3": 4.0, "dynamic-q2": 3.1}
 
 
 @dataclass
@@ -27,6 +28,8 @@ class ExportOptions:
     verify_only: bool = False
     system: str | None = None
     template: str | None = None  # override the run's chat template (family, auto or .jinja)
+    imatrix: str | None = None   # "auto" (the run's data) or a .jsonl of calibration text
+    calibration_tokens: int = 32768
 
 
 def plan_formats(src: Source, opts: ExportOptions) -> ExportOptions:

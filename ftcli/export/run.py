@@ -68,6 +68,14 @@ def _check_request(src: Source, opts: ExportOptions) -> None:
         q.require_llama_cpp()
     if not (opts.safetensors or opts.gguf or opts.adapter or opts.adapter_gguf):
         raise BadInput("nothing to export", hint="pass --safetensors, --gguf q8_0[,q4_k_m...], --ollama or --adapter")
+    if opts.imatrix and not [x for x in opts.gguf if x not in q.BASE_TYPES]:
+        raise BadInput("--imatrix calibrates quantised files, and none is asked for",
+                       hint="add a quant type, e.g. --gguf q4_k_m --imatrix auto")
+    dynamic = [x for x in opts.gguf if x in q.DYNAMIC]
+    if dynamic and not opts.imatrix and src.kind != "run":
+        raise BadInput(f"{', '.join(dynamic)} measures each tensor's sensitivity on calibration rows, and "
+                       f"{src.root} is a model folder without a run's data",
+                       hint="pass --imatrix FILE.jsonl (one {\"text\": ...} per line), or export a run directory")
 
 
 def _require_gguf(what: str) -> None:
@@ -110,7 +118,8 @@ def _write_model_files(src: Source, opts: ExportOptions, tmp: Path, out: Path, b
                                                header=f"written by ftcli export from {src.root}")
         get_ref = gguf_files.reference_once(model_dir, template, log) if opts.verify else None
         if opts.gguf:
-            report.update(gguf_files.write_ggufs(model_dir, tmp, base, opts, template, src.name, log, get_ref))
+            report.update(gguf_files.write_ggufs(model_dir, tmp, base, opts, template, src.name, log, get_ref,
+                                                 run_root=src.root if src.kind == "run" else None))
         if opts.adapter_gguf:
             report["files"].append(gguf_files.write_lora(src, tmp, template, log, get_ref))
         if modelfile is not None:

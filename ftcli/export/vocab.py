@@ -32,7 +32,12 @@ _CL100K = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
            r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-KNOWN_BPE_PRE = {"llama-bpe (Llama 3.x)": _CL100K, "dbrx (cl100k, Phi-4)": _CL100K, "qwen2 (Qwen2/2.5/3)": _QWEN2}
+# Mistral-Nemo's "Tekken" (tiktoken-style, case-aware letters, single digits): llama.cpp's `tekken`.
+_TEKKEN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+           r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+KNOWN_BPE_PRE = {"llama-bpe (Llama 3.x)": _CL100K, "dbrx (cl100k, Phi-4)": _CL100K, "qwen2 (Qwen2/2.5/3)": _QWEN2,
+                 "tekken (Mistral-Nemo)": _TEKKEN}
 
 _BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 
@@ -91,6 +96,8 @@ def _bpe_pre_name(data: dict) -> str:
             return "llama-bpe" if data["model"].get("ignore_merges") else "dbrx"
         if regexes[0] == _QWEN2:
             return "qwen2"
+        if regexes[0] == _TEKKEN:
+            return "tekken"
     raise BadInput(
         "the tokenizer's BPE pre-tokenizer is not one llama.cpp implements "
         f"(split regex {regexes[0] if regexes else None!r}), so a GGUF would tokenize differently",

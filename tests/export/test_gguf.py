@@ -60,7 +60,7 @@ def test_llama_cpp_tokenizes_like_hf(exported, name):
         # The one known difference: a SentencePiece tokenizer with prepend_scheme "first"
         # (legacy=False) puts "▁" before a text's first word; llama.cpp cannot do that and
         # also match after special tokens, so plain texts differ in that one token only.
-        assert info.tokenizer_model == "llama" and sample["kind"] == "plain", sample
+        assert info.tokenizer_model == "llama" and sample["kind"] in ("plain", "multilingual"), sample
         assert sample["first_difference"]["position"] <= 1, sample
 
 

@@ -111,3 +111,27 @@ def other_shape(kind: str, out: Path) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def wide_llama(out: Path, tied: bool = False, layers: int = 4, seed: int = 0) -> Path:
+    """A Llama of k-quant width (hidden 512, ffn 1024: rows divide into 256-value blocks) with the
+    tiny-llama3 tokenizer and seeded random weights, for the quantisation tests."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    if (out / "config.json").is_file():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(builtin_dir("tiny-llama3"))
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=512, intermediate_size=1024, num_hidden_layers=layers,
+        num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=tied, rope_theta=10000.0,
+        max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    _randomize(model, seed)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+SAMPLE_TEXTS = ["The quick brown fox jumps over the lazy dog.", "Question: What is 12 plus 7? Answer: 19.",
+                "def add(a, b):\n    return a + b\n", "Paris is in France, Berlin is in Germany."]
