@@ -75,5 +75,8 @@ def merge_reports(old: dict | None, new: dict, out: Path, written: list[str]) ->
     fresh = [e for e in new["files"] if e["file"] not in still_there]
     history = old.get("history") or [{"created": old.get("created"), "wrote": [e.get("file") for e in kept_old]}]
     new["files"] = kept_old + fresh
+    for key in ("calibration", "quality_plot"):  # an earlier call's imatrix.gguf and plot stay described
+        if key not in new and old.get(key):
+            new[key] = old[key]
     new["history"] = history + [{"created": new["created"], "wrote": written}]
     return new

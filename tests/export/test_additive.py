@@ -36,7 +36,8 @@ def modelfile_target(export):
 def assert_whole(export):
     """Every GGUF in the folder has its report entry, and the Modelfile points at a file that exists."""
     report = json.loads((export / "export-report.json").read_text())
-    listed = {e["file"] for e in report["files"]}
+    imatrix = ((report.get("calibration") or {}).get("imatrix") or {}).get("file")
+    listed = {e["file"] for e in report["files"]} | {imatrix}
     assert {p.name for p in export.glob("*.gguf")} <= listed, listed
     assert modelfile_target(export).is_file()
 
@@ -69,13 +70,15 @@ def test_the_chat_with_it_file_survives_every_command_of_docs_export(quickstart_
         assert result.exit_code == 0 or (result.exit_code == 2 and "--overwrite" in result.output), \
             (command, result.output)
         assert chat_file.read_bytes() == before, command
+        if result.exit_code == 0 and "--gguf" in args:
+            followed = f"model-{args[args.index('--gguf') + 1].split(',')[0]}.gguf"
         if "RUN_DIR" not in command:
             assert f"{command.split()[1]}: runs/quickstart (the newest finished run" in result.output
         assert_whole(export)
     names = {p.name for p in export.iterdir()}
     assert {"model-f16.gguf", "model-q4_k_m.gguf", "model-q8_0.gguf", "adapter-lora.gguf", "merged", "adapter",
             "Modelfile"} <= names
-    assert modelfile_target(export).name == "model-q4_k_m.gguf"  # the Modelfile follows the last --ollama call
+    assert modelfile_target(export).name == followed  # the Modelfile follows the last call that wrote GGUFs
 
 
 @pytest.mark.slow
@@ -90,7 +93,7 @@ def test_another_quant_adds_to_the_export_and_overwrite_replaces_only_its_own_na
     assert (export / "model-q4_k_m.gguf").is_file() and (export / "model-q8_0.gguf").is_file()
     assert modelfile_target(export).name == "model-q8_0.gguf" and "kept from earlier exports" in second.output
     report = json.loads((export / "export-report.json").read_text())
-    assert [h["wrote"] for h in report["history"]][-1] == ["Modelfile", "model-q8_0.gguf"]
+    assert [h["wrote"] for h in report["history"]][-1] == ["Modelfile", "model-q8_0.gguf", "quant-quality.png"]
     assert_whole(export)
     again = invoke("export", run, "--gguf", "q8_0", "--no-verify")
     assert again.exit_code == 2 and "model-q8_0.gguf" in again.output and "--overwrite" in again.output

@@ -68,7 +68,7 @@ def test_a_second_export_adds_its_files_and_keeps_the_others(tmp_path):
     result = invoke("export", run, "--gguf", "f16", "--overwrite", "--no-verify")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (run / "export").iterdir()) == ["export-report.json", "model-f16.gguf",
-                                                                  "model-q8_0.gguf"]
+                                                                  "model-q8_0.gguf", "quant-quality.png"]
 
 
 def test_chat_answers_from_the_gguf_and_from_the_run(exported, lora_run):
