@@ -3,34 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from ftcli.cli.app import RecipeArg, SetOpt, app, console, errors, fail
+from ftcli.cli.cmd_pipeline import print_pipeline_plan, train_pipeline
 from ftcli.errors import FtcliError
 
 
 def _load(recipe_path: Path, overrides: list[str] | None):
+    """A Recipe, or a Pipeline for a recipe with `stages:`."""
     from ftcli import recipe
 
-    return recipe.load(recipe_path, overrides or [])
-
-
+    return recipe.load_any(recipe_path, overrides or [])
 
 
 @app.command()
 def validate(recipe_path: RecipeArg, set_: SetOpt = None) -> None:
-    """Check a recipe and print it resolved: defaults filled, overrides applied, canonical names."""
-    from ftcli.recipe import to_yaml
+    """Check a recipe (every stage of a pipeline) and print it resolved: defaults filled, overrides applied,
+    canonical names."""
+    from ftcli.recipe import Pipeline, to_yaml
 
     try:
         recipe = _load(recipe_path, set_)
     except FtcliError as err:
         fail(err)
     console.print(f"[green]valid[/] {recipe_path}")
+    if isinstance(recipe, Pipeline):
+        print_pipeline_plan(recipe, resolved=True)
+        return
     console.print(to_yaml(recipe), markup=False)
     _print_memory(recipe)
 
@@ -60,9 +64,12 @@ def train(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in output_dir.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest complete checkpoint in output_dir.")] = False,
     nproc: Annotated[int, typer.Option("--nproc", help="Processes on this machine, one per GPU (CPU: gloo).")] = 1,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Pipeline: re-run from this stage (its name or "
+                                                 "number) onwards, keeping the finished stages before it.")] = None,
 ) -> None:
-    """Finetune a model as the recipe says and write the run directory."""
+    """Finetune a model as the recipe says and write the run directory (a pipeline runs every stage in turn)."""
     from ftcli.engine import distributed
+    from ftcli.recipe import Pipeline
     from ftcli.runner import rundir
     from ftcli.runner import train as training
 
@@ -70,6 +77,10 @@ def train(
         console.quiet = True  # only rank 0 reports progress; every rank still reports its errors
     try:
         recipe = _load(recipe_path, set_)
+        if isinstance(recipe, Pipeline) or from_ is not None:
+            train_pipeline(recipe, recipe_path, dry_run=dry_run, overwrite=overwrite, resume=resume, start=from_,
+                           nproc=nproc, progress=_progress, show_result=print_result)
+            return
         if resume:
             recipe = rundir.resolve_resume(recipe, recipe_path)
         if nproc > 1 and distributed.world_size() == 1:
@@ -92,7 +103,7 @@ def train(
         console.print(f"[green]dry run ok[/]: {result.trainable_params:,} trainable of "
                       f"{result.total_params:,} parameters; nothing was trained or written")
         return
-    _print_result(result)
+    print_result(result)
 
 
 def _launch(recipe_path: Path, overrides: list[str], output_dir: str, nproc: int, **flags) -> int:
@@ -117,7 +128,7 @@ def _print_plan(recipe) -> None:
                   f"batch {t.per_device_train_batch_size}×{t.gradient_accumulation_steps} · lr {t.learning_rate:g}")
 
 
-def _print_result(result) -> None:
+def print_result(result) -> None:
     losses = [m["loss"] for m in result.metrics if "loss" in m]
     evals = [m["eval_loss"] for m in result.metrics if "eval_loss" in m]
     table = Table(show_header=False, box=None, padding=(0, 2))
@@ -181,6 +192,8 @@ class _progress:
         class Callback(TrainerCallback):
             def on_train_begin(self, args, s, control, **kw):
                 if s.is_world_process_zero:
+                    if state["task"] is not None:  # the next stage of a pipeline: its finished bar stays printed
+                        bar.remove_task(state["task"])
                     bar.start()
                     state["task"] = bar.add_task("train", total=s.max_steps, info="")
 
