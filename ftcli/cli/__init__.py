@@ -21,6 +21,7 @@ from ftcli.cli import cmd_train  # noqa: F401, I001
 from ftcli.cli import cmd_export  # noqa: F401
 from ftcli.cli import cmd_doctor  # noqa: F401
 from ftcli.cli import cmd_bench  # noqa: F401
+from ftcli.cli import cmd_import  # noqa: F401
 from ftcli.cli.app import app, errors
 
 

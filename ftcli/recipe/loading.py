@@ -43,7 +43,8 @@ def _node_to_data(node: yaml.Node) -> Any:
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_node_to_data(item) for item in node.value]
-    return yaml.safe_load(yaml.serialize(node))
+    # Built from the node itself: re-serializing an empty value (`key:`) gives text that does not parse back.
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
 
 
 def canonicalize(data: Any, model: type[Section], path: tuple, where: dict[tuple, str], source: str) -> Any:
