@@ -95,7 +95,7 @@ def import_config(path: str | Path, stage: str | None = None, tool: str | None =
 def header(imported: Imported) -> str:
     """The recipe's opening comment: where it came from and every key that did not carry over."""
     lines = [f"# Imported by `ftcli import` from {imported.source} ({imported.tool}).",
-             "# " + ", ".join(f"{imported.count(s)} {s}" for s in STATUSES) + " source keys."]
+             "# " + ", ".join(f"{imported.count(s)} {s}" for s in STATUSES) + " keys."]
     todo = [r for r in imported.rows if r.status == "unsupported"]
     if todo:
         lines.append("# Unsupported (not carried over; what to do instead):")
