@@ -8,7 +8,7 @@ run() {  # name recipe overrides...
   local name=$1 recipe=$2; shift 2
   local args=()
   for o in "$@"; do args+=(--set "$o"); done
-  timeout 540 python3 -m ftcli train "$recipe" --set output_dir=/tmp/runs/$name --set 'export.formats=[]' "${args[@]}" \
+  timeout 450 python3 -m ftcli train "$recipe" --set output_dir=/tmp/runs/$name --set 'export.formats=[]' "${args[@]}" \
     > $OUT/$name.log 2>&1
   mkdir -p $OUT/$name
   cp /tmp/runs/$name/pipeline.json $OUT/$name/ 2>/dev/null
