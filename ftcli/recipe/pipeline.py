@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError
 
-from ftcli.errors import RecipeError
+from ftcli.errors import BadInput, RecipeError
 from ftcli.recipe.loading import (apply_override, canonicalize, fill_output_dir, format_errors, load,
                                   parse_override, read_data)
 from ftcli.recipe.schema import DatasetSection, ExportSection, LoraSection, Recipe, Section, TrainSection
@@ -85,8 +85,8 @@ class Pipeline:
             return matches[0]
         names = ", ".join(s.name for s in self.stages)
         problem = "names several stages" if matches else "is not a stage of this pipeline"
-        raise RecipeError([f"--from {name}: {problem} (stages: {names})"],
-                          hint="name a stage by its `name:` or its number, e.g. --from 2")
+        raise BadInput(f"--from {name}: {problem} (stages: {names})",
+                       hint="name a stage by its `name:` or its number, e.g. --from 2")
 
 
 def is_pipeline(path: str | Path) -> bool:

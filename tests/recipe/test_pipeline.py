@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from ftcli import recipe
-from ftcli.errors import RecipeError
+from ftcli.errors import BadInput, RecipeError
 from helpers.runs import REPO
 
 SFT_DATA = str(REPO / "recipes" / "data" / "quickstart.jsonl")
@@ -127,7 +127,7 @@ def test_stages_are_found_by_name_kind_or_number(tmp_path):
     loaded = recipe.load_pipeline(write_pipeline(tmp_path, [sft(name="warmup"), dpo(), dpo(name="dpo-2")]))
     assert loaded.index_of("warmup") == 0 and loaded.index_of("sft") == 0 and loaded.index_of("3") == 2
     assert loaded.index_of("dpo") == 1  # the name wins over the kind
-    with pytest.raises(RecipeError, match="not a stage of this pipeline"):
+    with pytest.raises(BadInput, match="not a stage of this pipeline"):
         loaded.index_of("grpo")
 
 

@@ -39,6 +39,14 @@ def first_dpo_rewards(run_dir):
     return next(m for m in metrics if "rewards/chosen" in m)
 
 
+def chat_template(folder):
+    """The chat template saved with a stage's adapter (a .jinja file, or inside tokenizer_config.json)."""
+    jinja = folder / "adapter" / "chat_template.jinja"
+    if jinja.exists():
+        return jinja.read_text()
+    return json.loads((folder / "adapter" / "tokenizer_config.json").read_text())["chat_template"]
+
+
 def adapter(folder):
     return load_file(folder / "adapter" / "adapter_model.safetensors")
 
@@ -59,6 +67,8 @@ def test_dpo_after_sft_starts_from_the_sft_model_and_uses_it_as_reference(tmp_pa
     resolved = yaml.safe_load((run / "stages" / "02-dpo" / "recipe.resolved.yaml").read_text())
     assert resolved["model"]["adapter"] == str(run / "stages" / "01-sft" / "adapter")
     assert adapter(run / "stages" / "02-dpo").keys() == adapter(run / "stages" / "01-sft").keys()
+    assert chat_template(run / "stages" / "01-sft") == chat_template(run / "stages" / "02-dpo")  # carried through
+    assert "<|eot_id|>" in chat_template(run / "stages" / "02-dpo")
 
     # Negative control: a reference that is silently the original base. The rewards at step 1 then measure how
     # far SFT moved the model (which also proves DPO started from the SFT weights, not from a fresh adapter).
@@ -125,6 +135,19 @@ def test_an_existing_pipeline_run_is_kept_unless_told(tmp_path):
     empty = recipe.load_pipeline(pipeline_file(tmp_path, "fresh"))
     with pytest.raises(BadInput, match="no pipeline.json"):
         pipelines.run(empty, resume=True)
+
+
+def test_validate_dry_run_and_nproc_on_a_pipeline(tmp_path):
+    path = pipeline_file(tmp_path)
+    checked = ftcli(["validate", path])
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    assert "1. sft (sft)" in checked.stdout and "2. dpo (dpo)" in checked.stdout
+    dry = ftcli(["train", path, "--dry-run"])
+    assert dry.returncode == 0 and "dry run ok" in dry.stdout and not (tmp_path / "pipe").exists()
+    several = ftcli(["train", path, "--nproc", "2"])
+    assert several.returncode == 2 and "one process" in several.stderr
+    single = ftcli(["train", REPO / "recipes" / "quickstart.yaml", "--from", "sft"])
+    assert single.returncode == 2 and "single-stage recipe" in single.stderr
 
 
 @pytest.mark.slow
