@@ -1,5 +1,6 @@
 #!/bin/bash
-# Offline pipelines on the CPU (CUDA hidden), several variants side by side: which settings learn in every stage.
+# Offline pipelines on the CPU (CUDA hidden), several variants side by side: which settings learn in every stage
+# (the open question: a GRPO setting whose mean reward rises after SFT on builtin:tiny-qwen3).
 # Writes each variant's pipeline.json and stage metrics to $OUT/<variant>/.
 set -u
 source docs/runs/setup.sh
@@ -16,8 +17,8 @@ run() {  # name recipe overrides...
 }
 Q=recipes/pipeline-qwen3-reasoning-offline.yaml
 run llama3 recipes/pipeline-llama3-offline.yaml &
-run q-a $Q stages.0.train.max_steps=60 &
-run q-b $Q stages.0.train.max_steps=30 &
-run q-c $Q stages.0.train.max_steps=60 stages.1.train.learning_rate=1e-2 &
-run q-d $Q stages.0.train.max_steps=30 stages.1.train.grpo.max_completion_length=40 stages.1.train.seed=3 &
+run q-lr5e-4 $Q stages.1.train.learning_rate=5e-4 stages.1.train.max_steps=24 &
+run q-lr1e-3 $Q stages.1.train.max_steps=24 &
+run q-lr2e-3 $Q stages.1.train.learning_rate=2e-3 stages.1.train.max_steps=24 &
+run q-merged $Q stages.1.merge_before=true stages.1.train.max_steps=24 &
 wait
