@@ -22,6 +22,7 @@ from ftcli.cli import cmd_export  # noqa: F401
 from ftcli.cli import cmd_doctor  # noqa: F401
 from ftcli.cli import cmd_runs  # noqa: F401
 from ftcli.cli import cmd_bench  # noqa: F401
+from ftcli.cli import cmd_import  # noqa: F401
 from ftcli.cli.app import app, errors
 
 

@@ -5,22 +5,22 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from ftcli.cli.app import RecipeArg, SetOpt, app, console, errors, fail
+from ftcli.cli.cmd_pipeline import print_pipeline_plan, train_pipeline
 from ftcli.errors import BadInput, FtcliError
 
 
 def _load(recipe_path: Path, overrides: list[str] | None):
+    """A Recipe, or a Pipeline for a recipe with `stages:`."""
     from ftcli import recipe
 
-    return recipe.load(recipe_path, overrides or [])
-
-
+    return recipe.load_any(recipe_path, overrides or [])
 
 
 @app.command()
@@ -28,11 +28,12 @@ def validate(recipe_path: RecipeArg, set_: SetOpt = None,
              memory: Annotated[bool, typer.Option("--memory", help="Also estimate peak GPU memory (shown anyway on a "
                                                               "machine with a GPU; else for an 80 GiB GPU).")] = False,
              ) -> None:
-    """Check a recipe and print it resolved: defaults filled, overrides applied, canonical names."""
+    """Check a recipe (every stage of a pipeline) and print it resolved: defaults filled, overrides applied,
+    canonical names."""
     import torch
 
     from ftcli.data import templates
-    from ftcli.recipe import to_yaml
+    from ftcli.recipe import Pipeline, to_yaml
 
     try:
         recipe = _load(recipe_path, set_)
@@ -40,6 +41,9 @@ def validate(recipe_path: RecipeArg, set_: SetOpt = None,
     except FtcliError as err:
         fail(err)
     console.print(f"[green]valid[/] {recipe_path}")
+    if isinstance(recipe, Pipeline):
+        print_pipeline_plan(recipe, resolved=True)
+        return
     console.print(to_yaml(recipe), markup=False)
     if memory or torch.cuda.is_available():  # on a machine without a GPU the figure is noise unless asked for
         _print_memory(recipe)
@@ -75,9 +79,12 @@ def train(
     allow_changes: Annotated[bool, typer.Option("--allow-changes", help="With --resume: continue even though the "
                                                 "recipe's learning rate, steps or data changed (they are listed).")] = False,
     nproc: Annotated[int, typer.Option("--nproc", min=1, help="Processes on this machine, one per GPU (CPU: gloo).")] = 1,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Pipeline: re-run from this stage (its name or "
+                                                 "number) onwards, keeping the finished stages before it.")] = None,
 ) -> None:
-    """Finetune a model as the recipe says and write the run directory."""
+    """Finetune a model as the recipe says and write the run directory (a pipeline runs every stage in turn)."""
     from ftcli.engine import distributed
+    from ftcli.recipe import Pipeline
     from ftcli.runner import rundir
     from ftcli.runner import train as training
 
@@ -88,6 +95,10 @@ def train(
         if allow_changes and not resume:
             raise BadInput("--allow-changes goes with --resume", hint="ftcli train RECIPE --resume --allow-changes")
         recipe = _load(recipe_path, set_)
+        if isinstance(recipe, Pipeline) or from_ is not None:
+            train_pipeline(recipe, recipe_path, dry_run=dry_run, overwrite=overwrite, resume=resume, start=from_,
+                           nproc=nproc, progress=_progress, show_result=print_result)
+            return
         if resume:
             recipe = rundir.resolve_resume(recipe, recipe_path)
         if nproc > 1 and distributed.world_size() == 1:
@@ -114,7 +125,7 @@ def train(
         console.print(f"[green]dry run ok[/]: {result.trainable_params:,} trainable of "
                       f"{result.total_params:,} parameters; nothing was trained or written")
         return
-    _print_result(result)
+    print_result(result)
 
 
 @contextlib.contextmanager
@@ -175,7 +186,7 @@ def _print_plan(recipe) -> None:
                   f"batch {t.per_device_train_batch_size}×{t.gradient_accumulation_steps} · lr {t.learning_rate:g}")
 
 
-def _print_result(result) -> None:
+def print_result(result) -> None:
     from ftcli.runner import signals
 
     table = Table(show_header=False, box=None, padding=(0, 2))
@@ -248,6 +259,8 @@ class _progress:
         class Callback(TrainerCallback):
             def on_train_begin(self, args, s, control, **kw):
                 if s.is_world_process_zero:
+                    if state["task"] is not None:  # the next stage of a pipeline: its finished bar stays printed
+                        bar.remove_task(state["task"])
                     bar.start()
                     state["task"] = bar.add_task("train", total=s.max_steps, info="", rate="")
                     state["start"] = (time.perf_counter(), s.global_step)  # a resumed run counts from here

@@ -143,23 +143,23 @@ def preference_row(row: dict) -> dict:
     conversations that share a prefix, are split into the shared prompt and the two replies."""
     if "chosen" not in row or "rejected" not in row:
         raise ValueError("a preference row needs `chosen` and `rejected`")
-    chosen, rejected = row["chosen"], row["rejected"]
+    # A single message (Axolotl, LLaMA-Factory ranking data) is a list of one; from/value become role/content.
+    chosen, rejected = ([value] if isinstance(value, dict) else value for value in (row["chosen"], row["rejected"]))
     for key, value in (("chosen", chosen), ("rejected", rejected)):
-        if isinstance(value, list):
-            _messages(value, key)
-        elif not isinstance(value, str) or not value.strip():
-            raise ValueError(f"column {key!r} must be a non-empty string or a list of messages")
+        if not isinstance(value, list) and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"column {key!r} must be a non-empty string, a message or a list of messages")
+    chosen, rejected = (_messages(v, k) if isinstance(v, list) else v
+                        for k, v in (("chosen", chosen), ("rejected", rejected)))
     prompt = row.get("prompt")
     if prompt is not None:
         if isinstance(prompt, list):
-            _messages(prompt, "prompt")
+            prompt = _messages(prompt, "prompt")
         elif not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("column 'prompt' must be a non-empty string or a list of messages")
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     if not (isinstance(chosen, list) and isinstance(rejected, list)):
         raise ValueError("without a `prompt` column, `chosen` and `rejected` must be whole conversations "
                          "(lists of messages) that share their opening turns")
-    chosen, rejected = _messages(chosen, "chosen"), _messages(rejected, "rejected")
     shared = 0
     while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
         shared += 1

@@ -16,7 +16,8 @@ from ftcli.recipe.suggest import suggestion
 from ftcli.recipe.yaml_source import compose
 
 
-def _canonicalize(data: Any, model: type[Section], path: tuple, where: dict[tuple, str], source: str) -> Any:
+
+def canonicalize(data: Any, model: type[Section], path: tuple, where: dict[tuple, str], source: str) -> Any:
     """Rename aliases to canonical field names, recording each key's "file:line" under its canonical path."""
     if not isinstance(data, dict):
         return data
@@ -34,7 +35,7 @@ def _canonicalize(data: Any, model: type[Section], path: tuple, where: dict[tupl
         if key in own_lines:
             where[path + (name,)] = f"{source}:{own_lines[key]}"
         sub = section_class(model, name)
-        out[name] = _canonicalize(value, sub, path + (name,), where, source) if sub else value
+        out[name] = canonicalize(value, sub, path + (name,), where, source) if sub else value
     return out
 
 
@@ -53,12 +54,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def _apply_override(data: dict, parts: list[str], value: Any, text: str) -> tuple:
+def apply_override(data: dict, parts: list[str], value: Any, text: str, root: type[Section] = Recipe) -> tuple:
     """Set data[parts...] = value, creating sections on the way, honouring aliases at each level.
 
     Returns the canonical key path that was set.
     """
-    model: type[Section] | None = Recipe
+    model: type[Section] | None = root
     node = data
     path: tuple = ()
     for i, part in enumerate(parts):
@@ -88,14 +89,17 @@ def _is_mapping(model: type[BaseModel], name: str) -> bool:
     return any(getattr(a, "__origin__", a) is dict for a in (*getattr(annotation, "__args__", ()), annotation))
 
 
-def _model_at(path: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Recipe
+def model_at(path: tuple, root: type[BaseModel] = Recipe) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root
     for part in path:
         model = section_class(model, str(part)) if model else None
     return model
 
 
-def _format_errors(err: ValidationError, source: str, lines: dict[tuple, str]) -> list[str]:
+def format_errors(err: ValidationError, source: str, lines: dict[tuple, str], prefix: str = "",
+                  root: type[BaseModel] = Recipe) -> list[str]:
+    """One located message per problem. `prefix` (e.g. `stages[1].`) goes before every key path, for a stage of a
+    pipeline validated as its own recipe."""
     problems = []
     seen_union: dict[tuple, int] = {}
     for item in err.errors():
@@ -105,7 +109,7 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, str]) -
             # Another member of the same union failed too: add its expectation to the first message.
             problems[seen_union[loc]] += f"; or {item['msg'].lower()}"
             continue
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        dotted = prefix + ".".join(str(p) for p in loc) or "(top level)"
         line = None
         for n in range(len(loc), 0, -1):
             line = lines.get(tuple(str(p) for p in loc[:n]))
@@ -114,7 +118,7 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, str]) -
         where = line or source
         kind = item["type"]
         if kind == "extra_forbidden":
-            near = suggestion(_model_at(tuple(str(p) for p in loc[:-1])), tuple(str(p) for p in loc))
+            near = suggestion(model_at(tuple(str(p) for p in loc[:-1]), root), tuple(str(p) for p in loc))
             message = f"unknown key `{dotted}`"
             if near:
                 message += f" (did you mean `{near}`?)"
@@ -126,7 +130,7 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, str]) -
                 rule_path, _, rule_msg = rule[1:].partition("] ")
                 rule_line = lines.get(tuple(rule_path.split(".")))
                 rule_where = rule_line or source
-                problems.append(f"{rule_where}: {rule_path}: {rule_msg}")
+                problems.append(f"{rule_where}: {prefix}{rule_path}: {rule_msg}")
             continue
         else:
             got = item.get("input")
@@ -138,27 +142,37 @@ def _format_errors(err: ValidationError, source: str, lines: dict[tuple, str]) -
     return problems
 
 
-def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                now: _dt.datetime | None = None) -> Recipe:
-    """Read, override and validate a recipe; raise RecipeError listing every problem."""
+def read_data(path: str | Path) -> dict:
+    """The recipe file as plain data, its keys remembering their lines; RecipeError when it is no recipe."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError([f"{path}: recipe file not found"],
                           hint="pass the path of a .yaml recipe, e.g. recipes/quickstart.yaml")
-    source = str(path)
-    data = compose(_read_text(path), source)
+    data = compose(_read_text(path), str(path))
     if not isinstance(data, dict):
-        raise RecipeError([f"{source}: a recipe must be a mapping of sections (model:, dataset:, train:, ...)"])
+        raise RecipeError([f"{path}: a recipe must be a mapping of sections (model:, dataset:, train:, ...)"])
+    return data
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                now: _dt.datetime | None = None) -> Recipe:
+    """Read, override and validate a single-stage recipe; raise RecipeError listing every problem."""
+    path = Path(path)
+    source = str(path)
+    data = read_data(path)
+    if "stages" in data:
+        raise RecipeError([f"{source}:{data.lines['stages']}: this is a pipeline recipe (`stages:`), which runs "
+                           "several recipes in turn"], hint="`ftcli train` and `ftcli validate` run pipelines")
     lines: dict[tuple, str] = {}
-    data = _canonicalize(data, Recipe, (), lines, source)
+    data = canonicalize(data, Recipe, (), lines, source)
     for text in overrides:
         parts, value = parse_override(text)
-        lines[_apply_override(data, parts, value, text)] = f"--set {text}"
+        lines[apply_override(data, parts, value, text)] = f"--set {text}"
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(_format_errors(err, source, lines)) from None
-    return _fill_output_dir(recipe, path, now or _dt.datetime.now())
+        raise RecipeError(format_errors(err, source, lines)) from None
+    return recipe.model_copy(update={"output_dir": fill_output_dir(recipe.output_dir, path, now)})
 
 
 def _read_text(path: Path) -> str:
@@ -175,15 +189,14 @@ def _read_text(path: Path) -> str:
 PLACEHOLDERS = ("{name}", "{timestamp}")
 
 
-def _fill_output_dir(recipe: Recipe, path: Path, now: _dt.datetime) -> Recipe:
+def fill_output_dir(output_dir: str, path: Path, now: _dt.datetime | None = None) -> str:
     """`{name}` is the recipe file's stem, `{timestamp}` makes each run of the same recipe unique."""
-    unknown = [p for p in re.findall(r"\{[^{}]*\}", recipe.output_dir) if p not in PLACEHOLDERS]
+    unknown = [p for p in re.findall(r"\{[^{}]*\}", output_dir) if p not in PLACEHOLDERS]
     if unknown:
-        raise RecipeError([f"{path}: output_dir {recipe.output_dir!r}: unknown placeholder {unknown[0]}; "
+        raise RecipeError([f"{path}: output_dir {output_dir!r}: unknown placeholder {unknown[0]}; "
                            f"output_dir may use {' and '.join(PLACEHOLDERS)}"])
-    stamp = now.strftime("%Y%m%d-%H%M%S")
-    out = recipe.output_dir.replace("{name}", path.stem).replace("{timestamp}", stamp)
-    return recipe.model_copy(update={"output_dir": out})
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return output_dir.replace("{name}", Path(path).stem).replace("{timestamp}", stamp)
 
 
 def to_yaml(recipe: Recipe, extra: dict | None = None) -> str:

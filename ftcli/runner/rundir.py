@@ -117,16 +117,21 @@ def open_run_dir(recipe, *, overwrite: bool, dry_run: bool, resume: bool, allow_
 
 def resolve_resume(recipe, recipe_path: Path):
     """`--resume` with a timestamped output_dir means the newest earlier run of this recipe."""
-    if Path(recipe.output_dir).exists() or "{timestamp}" not in Path(recipe_path).read_text(encoding="utf-8"):
-        return recipe
+    return recipe.model_copy(update={"output_dir": resume_target(recipe.output_dir, recipe_path)})
+
+
+def resume_target(output_dir: str, recipe_path: Path) -> str:
+    """output_dir itself, or for a `{timestamp}` output_dir that does not exist yet, the newest earlier run."""
+    if Path(output_dir).exists() or "{timestamp}" not in Path(recipe_path).read_text(encoding="utf-8"):
+        return output_dir
     stamp = re.compile(r"\d{8}-\d{6}")
-    target = Path(recipe.output_dir)
+    target = Path(output_dir)
     earlier = sorted(p for p in target.parent.glob("*")
                      if p.is_dir() and stamp.sub("", p.name) == stamp.sub("", target.name)) if target.parent.exists() else []
     if not earlier:
         raise BadInput(f"--resume: no earlier run of {Path(recipe_path).name} under {target.parent}",
                        hint="set output_dir to the run to resume: --set output_dir=runs/<name>")
-    return recipe.model_copy(update={"output_dir": str(earlier[-1])})
+    return str(earlier[-1])
 
 
 class Manifest:

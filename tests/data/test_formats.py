@@ -148,3 +148,14 @@ def test_chat_sample_dataset_is_well_formed():
 
     for line in (REPO / "recipes" / "data" / "chat-sample.jsonl").read_text().splitlines():
         formats.to_standard(json.loads(line), "messages")
+
+
+def test_preference_replies_may_be_one_message_in_sharegpt_keys():
+    """Axolotl's and LLaMA-Factory's ranking data give each reply as one message, often as from/value."""
+    row = {"prompt": [{"from": "human", "value": "2 + 2?"}], "chosen": {"from": "gpt", "value": "4"},
+           "rejected": {"role": "assistant", "content": "5"}}
+    assert formats.preference_row(row) == {
+        "prompt": [{"role": "user", "content": "2 + 2?"}], "chosen": [{"role": "assistant", "content": "4"}],
+        "rejected": [{"role": "assistant", "content": "5"}]}
+    with pytest.raises(ValueError, match="a message or a list of messages"):
+        formats.preference_row({"prompt": "2 + 2?", "chosen": 4, "rejected": "5"})
