@@ -37,7 +37,8 @@ def validate(recipe_path: RecipeArg, set_: SetOpt = None,
 
     try:
         recipe = _load(recipe_path, set_)
-        templates.check_name(recipe.template.name)  # what `train` would refuse, said here too
+        for each in ([s.recipe for s in recipe.stages] if isinstance(recipe, Pipeline) else [recipe]):
+            templates.check_name(each.template.name)  # what `train` would refuse, said here too
     except FtcliError as err:
         fail(err)
     console.print(f"[green]valid[/] {recipe_path}")

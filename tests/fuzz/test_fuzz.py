@@ -50,7 +50,7 @@ def _interrupt(*args, **kwargs):
 
 
 PATCHES = {
-    "interrupt-recipe": lambda mp, prev: mp.setattr("ftcli.recipe.load", _interrupt),
+    "interrupt-recipe": lambda mp, prev: mp.setattr("ftcli.recipe.load_any", _interrupt),
     "interrupt-data": lambda mp, prev: mp.setattr("ftcli.data.formats.read_rows", _interrupt),
     "interrupt-model": lambda mp, prev: mp.setattr("ftcli.models.pretrained.load", _interrupt),
     "interrupt-doctor": lambda mp, prev: mp.setattr("ftcli.doctor.run_for_training", _interrupt),
