@@ -16,13 +16,9 @@ def atomic_dir(final: Path):
     A crash leaves a `.tmp-*` folder that nothing mistakes for a complete adapter or model.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    tmp = _temp_beside(final)
+    with _discarded_on_error(tmp):
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -34,13 +30,9 @@ def staged_into(final: Path):
     (created if needed), replacing only entries of the same name. Everything else in `final` is kept, and a
     crash inside the block leaves `final` as it was."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    tmp = _temp_beside(final)
+    with _discarded_on_error(tmp):
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     final.mkdir(exist_ok=True)
     for entry in sorted(tmp.iterdir()):
         replace_entry(entry, final / entry.name)
@@ -56,3 +48,18 @@ def replace_entry(new: Path, dst: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         os.replace(new, dst)
+
+
+def _temp_beside(final: Path) -> Path:
+    """A fresh `.NAME.tmp-*` folder in final's parent, so the last rename stays on one filesystem."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+@contextlib.contextmanager
+def _discarded_on_error(tmp: Path):
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

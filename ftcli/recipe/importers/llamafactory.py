@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ftcli.recipe.importers.table import (Mapping, flag, number, optimizer, precision, refuse, report_to,
-                                          scheduler, targets, text, whole)
+from ftcli.recipe.importers.table import (TRAINING_ARGUMENTS, Mapping, flag, number, precision, refuse, targets, text,
+                                          whole)
 
 TEMPLATES = {"llama3": "llama3", "qwen3": "qwen3", "qwen3_nothink": "qwen3", "qwen": "chatml", "gemma3": "gemma3",
              "mistral": "mistral", "phi": "phi3", "phi4": "phi4", "chatml": "chatml"}
@@ -31,22 +31,7 @@ DIRECT = {
     "lora_dropout": ("lora.dropout", number),
     "lora_target": ("lora.target_modules", targets),
     "pref_beta": ("train.dpo.beta", number),
-    "per_device_train_batch_size": ("train.per_device_train_batch_size", whole),
-    "gradient_accumulation_steps": ("train.gradient_accumulation_steps", whole),
-    "learning_rate": ("train.learning_rate", number),
-    "num_train_epochs": ("train.num_train_epochs", number),
-    "max_steps": ("train.max_steps", whole),
-    "lr_scheduler_type": ("train.lr_scheduler_type", scheduler),
-    "warmup_ratio": ("train.warmup_ratio", number),
-    "weight_decay": ("train.weight_decay", number),
-    "max_grad_norm": ("train.max_grad_norm", number),
-    "optim": ("train.optim", optimizer),
-    "logging_steps": ("train.logging_steps", whole),
-    "save_steps": ("train.save_steps", whole),
-    "save_total_limit": ("train.save_total_limit", whole),
-    "eval_steps": ("train.eval_steps", whole),
-    "seed": ("train.seed", whole),
-    "report_to": ("train.report_to", report_to),
+    **TRAINING_ARGUMENTS,
     "val_size": ("dataset.eval_fraction", number),
     "output_dir": ("output_dir", text),
 }

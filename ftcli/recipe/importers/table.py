@@ -180,3 +180,24 @@ def precision(m: Mapping, bf16_key: str = "bf16", fp16_key: str = "fp16") -> Non
             m.put(fp16_key, "model.dtype", "float16")
         else:
             m.ignore(fp16_key, EMPTY if fp16 is None else "off")
+
+
+# transformers' TrainingArguments keys, which LLaMA-Factory and TRL configs both pass through unchanged.
+TRAINING_ARGUMENTS = {
+    "per_device_train_batch_size": ("train.per_device_train_batch_size", whole),
+    "gradient_accumulation_steps": ("train.gradient_accumulation_steps", whole),
+    "learning_rate": ("train.learning_rate", number),
+    "num_train_epochs": ("train.num_train_epochs", number),
+    "max_steps": ("train.max_steps", whole),
+    "lr_scheduler_type": ("train.lr_scheduler_type", scheduler),
+    "warmup_ratio": ("train.warmup_ratio", number),
+    "weight_decay": ("train.weight_decay", number),
+    "max_grad_norm": ("train.max_grad_norm", number),
+    "optim": ("train.optim", optimizer),
+    "logging_steps": ("train.logging_steps", whole),
+    "save_steps": ("train.save_steps", whole),
+    "save_total_limit": ("train.save_total_limit", whole),
+    "eval_steps": ("train.eval_steps", whole),
+    "seed": ("train.seed", whole),
+    "report_to": ("train.report_to", report_to),
+}

@@ -8,8 +8,8 @@ default sft.
 
 from __future__ import annotations
 
-from ftcli.recipe.importers.table import (Mapping, dtype, flag, number, optimizer, precision, refuse, report_to,
-                                          scheduler, targets, text, whole)
+from ftcli.recipe.importers.table import (TRAINING_ARGUMENTS, Mapping, dtype, flag, number, precision, refuse, targets,
+                                          text, whole)
 
 DIRECT = {
     "model_name_or_path": ("model.name", text),
@@ -28,22 +28,7 @@ DIRECT = {
     "lora_target_modules": ("lora.target_modules", targets),
     "use_rslora": ("lora.use_rslora", flag),
     "use_dora": ("lora.use_dora", flag),
-    "per_device_train_batch_size": ("train.per_device_train_batch_size", whole),
-    "gradient_accumulation_steps": ("train.gradient_accumulation_steps", whole),
-    "learning_rate": ("train.learning_rate", number),
-    "num_train_epochs": ("train.num_train_epochs", number),
-    "max_steps": ("train.max_steps", whole),
-    "lr_scheduler_type": ("train.lr_scheduler_type", scheduler),
-    "warmup_ratio": ("train.warmup_ratio", number),
-    "weight_decay": ("train.weight_decay", number),
-    "max_grad_norm": ("train.max_grad_norm", number),
-    "optim": ("train.optim", optimizer),
-    "logging_steps": ("train.logging_steps", whole),
-    "save_steps": ("train.save_steps", whole),
-    "save_total_limit": ("train.save_total_limit", whole),
-    "eval_steps": ("train.eval_steps", whole),
-    "seed": ("train.seed", whole),
-    "report_to": ("train.report_to", report_to),
+    **TRAINING_ARGUMENTS,
     "packing": ("train.packing", flag),
     "output_dir": ("output_dir", text),
     "beta": ("train.dpo.beta", number),
