@@ -30,31 +30,43 @@ def print_pipeline_plan(pipeline, resolved: bool = False) -> None:
 
 
 def train_pipeline(pipeline, recipe_path: Path, *, dry_run: bool, overwrite: bool, resume: bool, start: str | None,
-                   nproc: int, progress, show_result) -> None:
-    """Run a pipeline (or dry-run its first stage) and print the stage table and the last stage's result."""
+                   nproc: int, progress, show_result, launch) -> int:
+    """Run a pipeline (or dry-run its first stage) and print the stage table and the last stage's result.
+
+    With `nproc` > 1 (and not yet inside torchrun) everything that would stop the run is checked here, then
+    `launch(output_dir)` re-runs the command in that many processes; its exit code is returned.
+    """
+    from ftcli.engine import distributed
     from ftcli.recipe import Pipeline
     from ftcli.runner import pipeline as pipelines
     from ftcli.runner import train as training
 
     if not isinstance(pipeline, Pipeline):
         raise BadInput(f"--from: {recipe_path} is a single-stage recipe", hint="--from names a stage of a pipeline")
-    if nproc > 1:
-        raise BadInput("a pipeline runs in one process for now (--nproc is for single-stage recipes)",
-                       hint="drop --nproc, or train each stage as its own recipe with --nproc")
     if resume or start is not None:
         pipeline = pipelines.resume_dir(pipeline, recipe_path)
+    if start is not None:
+        pipeline.index_of(start)  # an unknown stage name stops here, before any process starts
     print_pipeline_plan(pipeline)
+    if nproc > 1 and distributed.world_size() == 1 and not dry_run:
+        for stage in pipeline.stages:
+            training.check_supported(stage.recipe, world_size=nproc)
+        pipelines.check_can_start(pipeline, overwrite=overwrite, resume=resume or start is not None)
+        return launch(pipeline.output_dir)
     log = lambda msg: console.print(f"[dim]·[/] {escape(msg)}", highlight=False)  # noqa: E731
     if dry_run:  # later stages start from weights the earlier ones have not written yet
         result = training.run(pipeline.stages[0].recipe, dry_run=True, log=log)
         console.print(f"[green]dry run ok[/]: every stage is valid; stage 1 loads with {result.trainable_params:,} "
                       f"trainable of {result.total_params:,} parameters; nothing was trained or written")
-        return
+        return 0
     with progress() as bar:
         result = pipelines.run(pipeline, overwrite=overwrite, resume=resume, start=start, log=log, callbacks=[bar])
+    if not distributed.is_main():
+        return 0
     print_stage_table(result)
     if result.last is not None and result.last.metrics:
         show_result(result.last)
+    return 0
 
 
 def print_stage_table(result) -> None:

@@ -97,8 +97,12 @@ def train(
             raise BadInput("--allow-changes goes with --resume", hint="ftcli train RECIPE --resume --allow-changes")
         recipe = _load(recipe_path, set_)
         if isinstance(recipe, Pipeline) or from_ is not None:
-            train_pipeline(recipe, recipe_path, dry_run=dry_run, overwrite=overwrite, resume=resume, start=from_,
-                           nproc=nproc, progress=_progress, show_result=print_result)
+            code = train_pipeline(recipe, recipe_path, dry_run=dry_run, overwrite=overwrite, resume=resume,
+                                  start=from_, nproc=nproc, progress=_progress, show_result=print_result,
+                                  launch=lambda output_dir: _launch(recipe_path, set_ or [], output_dir, nproc,
+                                                                    start=from_, overwrite=overwrite, resume=resume))
+            if code:
+                raise typer.Exit(code)
             return
         if resume:
             recipe = rundir.resolve_resume(recipe, recipe_path)
@@ -165,7 +169,8 @@ def _resume_hint(recipe_path: Path, overrides: list[str], output_dir: str) -> st
     return f"continue from {latest.name} with:\n  {shlex.join([*words, '--resume'])}"
 
 
-def _launch(recipe_path: Path, overrides: list[str], output_dir: str, nproc: int, **flags) -> int:
+def _launch(recipe_path: Path, overrides: list[str], output_dir: str, nproc: int, start: str | None = None,
+            **flags) -> int:
     """Re-run this command in `nproc` processes, all writing to the one output_dir resolved here."""
     import json as _json
 
@@ -175,6 +180,7 @@ def _launch(recipe_path: Path, overrides: list[str], output_dir: str, nproc: int
     for item in [*overrides, f"output_dir={_json.dumps(output_dir)}"]:
         argv += ["--set", item]
     argv += [f"--{name.replace('_', '-')}" for name, on in flags.items() if on]
+    argv += ["--from", start] if start is not None else []
     console.print(f"launching {nproc} processes (torchrun)", markup=False)
     return distributed.launch(nproc, argv, echo=lambda msg: errors.print(msg, markup=False))
 

@@ -35,6 +35,34 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def _group():
+    """accelerate's process group, started here if the Trainer has not yet (its later PartialState() is this one).
+    The long timeout covers rank 0 saving or merging a stage's weights while the others wait at a barrier."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    return PartialState(timeout=timedelta(hours=2))
+
+
+def barrier() -> None:
+    """Every process waits here until all have arrived (nothing to do in one process)."""
+    if world_size() > 1:
+        _group().wait_for_everyone()
+
+
+def from_main(value):
+    """Rank 0's `value`, on every rank (pickled through the process group; in one process, `value` itself)."""
+    if world_size() == 1:
+        return value
+    import torch.distributed as dist
+
+    _group()
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def wait_for(path: Path, timeout: float = 600.0) -> None:
     """Non-zero ranks wait until rank 0 has created `path` (no process group exists yet)."""
     deadline = time.time() + timeout

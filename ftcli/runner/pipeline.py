@@ -37,16 +37,19 @@ class PipelineResult:
 
 def run(pipeline: Pipeline, *, overwrite: bool = False, resume: bool = False, start: str | None = None,
         log: Callable[[str], None] = lambda _: None, callbacks: list | None = None) -> PipelineResult:
-    """Run the stages that need it (all; or, with `resume` / `start`, what pipeline_state.plan_actions says)."""
-    if distributed.world_size() > 1:
-        raise BadInput("a pipeline runs in one process for now",
-                       hint="run it without --nproc, or train each stage as its own recipe with --nproc")
+    """Run the stages that need it (all; or, with `resume` / `start`, what pipeline_state.plan_actions says).
+
+    With several processes (torchrun), every rank trains every stage; rank 0 alone writes pipeline.json and
+    the outputs, and the others follow its plan and wait at each stage boundary for the weights it saves.
+    """
     for stage in pipeline.stages:  # unknown quant type, missing package: exit 2 before any stage trains
         training.check_supported(stage.recipe)
     started = time.time()
     run_dir = Path(pipeline.output_dir)
     hashes = pipeline_state.input_hashes(pipeline)
-    recorded = open_pipeline_dir(run_dir, overwrite=overwrite, resume=resume or start is not None)
+    resuming = resume or start is not None
+    recorded = open_pipeline_dir(run_dir, overwrite=overwrite, resume=resuming) if distributed.is_main() else None
+    recorded = distributed.from_main(recorded)  # also: the other ranks wait until rank 0 has prepared run_dir
     first = pipeline.index_of(start) if start is not None else None
     actions = pipeline_state.plan_actions(pipeline, hashes, recorded, resume=resume, start=first)
     state = pipeline_state.new_state(pipeline, hashes)
@@ -58,17 +61,28 @@ def run(pipeline: Pipeline, *, overwrite: bool = False, resume: bool = False, st
             log(f"stage {stage.number} {stage.name}: finished earlier with the same inputs, skipped")
             continue
         result.last = run_stage(pipeline, stage, action, record, state, run_dir, log, callbacks)
+        distributed.barrier()  # the next stage loads the adapter or merged weights rank 0 has just saved
     if result.last is None:  # every stage was skipped: the last one's outputs are still there
         result.last = RunResult(run_dir=Path(pipeline.stages[-1].recipe.output_dir))
     state["status"] = "done"
     if "export" not in state and recorded and recorded.get("export") and actions[-1] == "skip":
         state["export"] = recorded["export"]
-    result.loss_plot = pipeline_state.plot_pipeline(
-        [(s.name, rundir.read_metrics(Path(s.recipe.output_dir) / "metrics.jsonl")) for s in pipeline.stages],
-        run_dir / "loss.png")
+    if distributed.is_main():
+        result.loss_plot = pipeline_state.plot_pipeline(
+            [(s.name, rundir.read_metrics(Path(s.recipe.output_dir) / "metrics.jsonl")) for s in pipeline.stages],
+            run_dir / "loss.png")
     pipeline_state.write_state(run_dir, state)
     result.seconds = time.time() - started
     return result
+
+
+def check_can_start(pipeline: Pipeline, *, overwrite: bool, resume: bool) -> None:
+    """What open_pipeline_dir would refuse, checked without writing (before starting several processes)."""
+    run_dir = Path(pipeline.output_dir)
+    if resume and pipeline_state.read_state(run_dir) is None:
+        raise no_record(run_dir)
+    if not resume and not overwrite and run_dir.exists() and any(run_dir.iterdir()):
+        raise run_exists(run_dir)
 
 
 def open_pipeline_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> dict | None:
@@ -76,16 +90,24 @@ def open_pipeline_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> dict |
     if resume:
         recorded = pipeline_state.read_state(run_dir)
         if recorded is None:
-            raise BadInput(f"--resume/--from: no pipeline.json in {run_dir}",
-                           hint="start the pipeline without --resume (or set output_dir to its run directory)")
+            raise no_record(run_dir)
         return recorded
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise BadInput(f"output_dir {run_dir} already holds a run: pass --resume to continue it (finished stages "
-                       "are skipped), --from STAGE to re-run from a stage, or --overwrite to replace it")
+        raise run_exists(run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     return None
+
+
+def no_record(run_dir: Path) -> BadInput:
+    return BadInput(f"--resume/--from: no pipeline.json in {run_dir}",
+                    hint="start the pipeline without --resume (or set output_dir to its run directory)")
+
+
+def run_exists(run_dir: Path) -> BadInput:
+    return BadInput(f"output_dir {run_dir} already holds a run: pass --resume to continue it (finished stages "
+                    "are skipped), --from STAGE to re-run from a stage, or --overwrite to replace it")
 
 
 def run_stage(pipeline: Pipeline, stage, action: str, record: dict, state: dict, run_dir: Path, log,

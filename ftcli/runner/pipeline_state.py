@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ftcli.data import formats
+from ftcli.engine import distributed
 from ftcli.errors import BadInput
 from ftcli.recipe import Pipeline
 from ftcli.runner import checkpoints
@@ -55,7 +56,9 @@ def read_state(run_dir: Path) -> dict | None:
 
 
 def write_state(run_dir: Path, state: dict) -> None:
-    """Written to a temp file and renamed, so a kill never leaves half a pipeline.json."""
+    """Written to a temp file and renamed, so a kill never leaves half a pipeline.json. Only rank 0 writes."""
+    if not distributed.is_main():
+        return
     state["updated"] = now()
     tmp = Path(run_dir) / f".{STATE}.tmp"
     tmp.write_text(json.dumps(state, indent=2), encoding="utf-8")

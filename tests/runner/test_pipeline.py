@@ -144,8 +144,12 @@ def test_validate_dry_run_and_nproc_on_a_pipeline(tmp_path):
     assert "1. sft (sft)" in checked.stdout and "2. dpo (dpo)" in checked.stdout
     dry = ftcli(["train", path, "--dry-run"])
     assert dry.returncode == 0 and "dry run ok" in dry.stdout and not (tmp_path / "pipe").exists()
-    several = ftcli(["train", path, "--nproc", "2"])
-    assert several.returncode == 2 and "one process" in several.stderr
+    unknown = ftcli(["train", path, "--nproc", "2", "--from", "ppo"])  # refused before any process starts
+    assert unknown.returncode == 2 and "not a stage" in unknown.stderr and "launching" not in unknown.stdout
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "pipeline.json").write_text("{}")
+    taken = ftcli(["train", path, "--nproc", "2"])
+    assert taken.returncode == 2 and "already holds a run" in taken.stderr and "launching" not in taken.stdout
     single = ftcli(["train", REPO / "recipes" / "quickstart.yaml", "--from", "sft"])
     assert single.returncode == 2 and "single-stage recipe" in single.stderr
 
@@ -185,3 +189,37 @@ def test_sigkill_inside_stage_two_then_resume_equals_an_uninterrupted_pipeline(t
     assert max((c[k] - b[k]).abs().max().item() for k in c) < 1e-5
     unknown = ftcli(["train", path, "--from", "ppo"])
     assert unknown.returncode == 2 and "not a stage of this pipeline (stages: sft, dpo)" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_run_a_pipeline_as_one_process_does(tmp_path):
+    """SFT, then DPO on its adapter, then DPO on the merged weights with a fresh adapter: in two processes with half
+    the batch each, every stage ends with the weights of one process (float64, plain SGD: equal up to rounding)."""
+    def write(name):
+        path = pipeline_file(tmp_path, name, sft_train={"learning_rate": 0.2},
+                             second={"train": {"max_steps": 2, "learning_rate": 0.2}})
+        data = yaml.safe_load(path.read_text())
+        data["model"]["dtype"] = "float64"
+        data["train"] |= {"optim": "sgd", "lr_scheduler_type": "constant", "max_grad_norm": 0.0}
+        third = {**data["stages"][1], "name": "dpo-merged", "merge_before": True, "lora": {"r": 2, "alpha": 4},
+                 "train": {"max_steps": 1, "learning_rate": 0.2}}
+        data["stages"].append(third)
+        path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return path
+
+    env = {"OMP_NUM_THREADS": "1"}
+    one = ftcli(["train", write("one")], env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = ftcli(["train", write("two"), "--nproc", "2", "--set", "train.per_device_train_batch_size=2"], env)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
+    assert "launching 2 processes" in two.stdout and two.stdout.count("run directory") == 1  # rank 0 reports
+    state = json.loads((tmp_path / "two" / "pipeline.json").read_text())
+    assert [s["status"] for s in state["stages"]] == ["done"] * 3 and state["status"] == "done"
+    for stage in ["01-sft", "02-dpo", "03-dpo-merged"]:
+        a, b = adapter(tmp_path / "one" / "stages" / stage), adapter(tmp_path / "two" / "stages" / stage)
+        update = max(v.abs().max().item() for k, v in a.items() if "lora_B" in k)
+        assert update > 1e-4, stage  # the stage trained
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-9 * update, stage
+    manifest = yaml.safe_load((tmp_path / "two" / "stages" / "03-dpo-merged" / "recipe.resolved.yaml").read_text())
+    assert manifest["_run"]["world_size"] == 2
+    assert manifest["model"]["name"] == str(tmp_path / "two" / "stages" / "02-dpo" / "merged")
