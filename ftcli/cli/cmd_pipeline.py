@@ -51,7 +51,8 @@ def train_pipeline(pipeline, recipe_path: Path, *, dry_run: bool, overwrite: boo
     if nproc > 1 and distributed.world_size() == 1 and not dry_run:
         for stage in pipeline.stages:
             training.check_supported(stage.recipe, world_size=nproc)
-        pipelines.check_can_start(pipeline, overwrite=overwrite, resume=resume or start is not None)
+        pipelines.check_can_start(Path(pipeline.output_dir), overwrite=overwrite,
+                                  resume=resume or start is not None)
         return launch(pipeline.output_dir)
     log = lambda msg: console.print(f"[dim]·[/] {escape(msg)}", highlight=False)  # noqa: E731
     if dry_run:  # later stages start from weights the earlier ones have not written yet

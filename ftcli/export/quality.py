@@ -45,9 +45,8 @@ def measure(base: Path, quants: dict[str, Path], rows: list[list[int]], progress
                     ref = np.lib.format.open_memmap(Path(scratch) / "ref.npy", mode="w+", dtype=np.float32,
                                                     shape=(int(offsets[-1]), lp.shape[1]))
                 ref[offsets[k]:offsets[k + 1]] = lp
-                # from the stored float32 values, as each quant's nll is, so f16 against itself is exact
-                rounded = lp.astype(np.float32).astype(np.float64)
-                base_nll[offsets[k]:offsets[k + 1] - 1] = -rounded[np.arange(len(ids) - 1), ids[1:]]
+                stored = ref[offsets[k]:offsets[k + 1]].astype(np.float64)  # float32, as each quant's is compared
+                base_nll[offsets[k]:offsets[k + 1] - 1] = -stored[np.arange(len(ids) - 1), ids[1:]]
         out = {}
         for name, path in quants.items():
             out[name] = _one(path, rows, offsets, ref, base_nll, n_ctx, progress, name)

@@ -76,38 +76,26 @@ def run(pipeline: Pipeline, *, overwrite: bool = False, resume: bool = False, st
     return result
 
 
-def check_can_start(pipeline: Pipeline, *, overwrite: bool, resume: bool) -> None:
-    """What open_pipeline_dir would refuse, checked without writing (before starting several processes)."""
-    run_dir = Path(pipeline.output_dir)
+def check_can_start(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
+    """What stops a pipeline from starting in `run_dir`, checked without writing (also before several
+    processes start)."""
     if resume and pipeline_state.read_state(run_dir) is None:
-        raise no_record(run_dir)
+        raise BadInput(f"--resume/--from: no pipeline.json in {run_dir}",
+                       hint="start the pipeline without --resume (or set output_dir to its run directory)")
     if not resume and not overwrite and run_dir.exists() and any(run_dir.iterdir()):
-        raise run_exists(run_dir)
+        raise BadInput(f"output_dir {run_dir} already holds a run: pass --resume to continue it (finished stages "
+                       "are skipped), --from STAGE to re-run from a stage, or --overwrite to replace it")
 
 
 def open_pipeline_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> dict | None:
     """The run directory, new or replaced; or, to resume, what its pipeline.json recorded."""
+    check_can_start(run_dir, overwrite=overwrite, resume=resume)
     if resume:
-        recorded = pipeline_state.read_state(run_dir)
-        if recorded is None:
-            raise no_record(run_dir)
-        return recorded
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise run_exists(run_dir)
+        return pipeline_state.read_state(run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     return None
-
-
-def no_record(run_dir: Path) -> BadInput:
-    return BadInput(f"--resume/--from: no pipeline.json in {run_dir}",
-                    hint="start the pipeline without --resume (or set output_dir to its run directory)")
-
-
-def run_exists(run_dir: Path) -> BadInput:
-    return BadInput(f"output_dir {run_dir} already holds a run: pass --resume to continue it (finished stages "
-                    "are skipped), --from STAGE to re-run from a stage, or --overwrite to replace it")
 
 
 def run_stage(pipeline: Pipeline, stage, action: str, record: dict, state: dict, run_dir: Path, log,
